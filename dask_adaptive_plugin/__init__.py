@@ -1,0 +1,32 @@
+"""Adaptive scaling for Dask clusters, inside the Dask scheduler.
+
+Start it with ``dask scheduler --preload dask_adaptive_plugin`` or add an
+:class:`AdaptivePlugin` to a scheduler. See the README for an example.
+"""
+
+from __future__ import annotations
+
+from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.config import load_defaults
+from dask_adaptive_plugin.plugin import AdaptivePlugin
+from dask_adaptive_plugin.policy import AdaptivePolicy, Decision, FixedPolicy, Policy
+from dask_adaptive_plugin.stats import ClusterStats, Snapshot
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptivePlugin",
+    "AdaptivePolicy",
+    "Backend",
+    "ClusterStats",
+    "Decision",
+    "FixedPolicy",
+    "Policy",
+    "Snapshot",
+    "dask_setup",
+]
+
+load_defaults()
+
+# ``--preload dask_adaptive_plugin`` looks up ``dask_setup`` on this module.
+from dask_adaptive_plugin.cli import dask_setup  # noqa: E402

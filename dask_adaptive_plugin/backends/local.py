@@ -1,0 +1,195 @@
+"""The ``local`` backend: real ``dask worker`` processes on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import logging
+import os
+import shlex
+import signal
+import sys
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from dask.utils import parse_bytes
+
+from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.config import invalid, parse_duration
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a worker process gets to exit after SIGTERM before SIGKILL.
+STOP_GRACE = 10.0
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to SIGTERM this process when the scheduler process dies."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class LocalBackend(Backend):
+    """Start and stop ``dask worker`` processes on the scheduler's machine.
+
+    Parameters
+    ----------
+    scheduler
+        The scheduler the workers connect to.
+    nthreads
+        Threads per worker (default 1).
+    memory_limit
+        Memory limit per worker: bytes, a string like ``"2GiB"``, or ``"auto"``
+        (the machine's memory shared by the CPU count).
+    worker_args
+        Further ``dask worker`` arguments, as a list or one string
+        (``"--no-nanny --resources GPU=1"``).
+    death_timeout
+        A worker that loses its scheduler for this long exits by itself.
+
+    Workers are named ``local-<id>-<n>``. They are asked to die with the
+    scheduler process (Linux ``PR_SET_PDEATHSIG``), are stopped by
+    :meth:`close`, and exit after ``death_timeout`` if the scheduler vanishes.
+    """
+
+    maximum = os.cpu_count() or 1
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        nthreads: Any = 1,
+        memory_limit: Any = "auto",
+        worker_args: Any = (),
+        death_timeout: Any = "60s",
+    ) -> None:
+        self.scheduler = scheduler
+        self.nthreads = self.threads_per_worker = _parse_nthreads(nthreads)
+        self.memory_limit = _parse_memory_limit(memory_limit)
+        self.worker_args = _parse_worker_args(worker_args)
+        try:
+            self.death_timeout = parse_duration("death_timeout", death_timeout)
+        except ValueError:
+            raise invalid(
+                "death_timeout", death_timeout, "a duration >= 0", backend_option=True
+            ) from None
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.output: dict[str, deque[str]] = {}
+        self._names = (f"local-{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
+
+    async def scale_up(self, n: int, **resources: Any) -> None:
+        """Start processes until ``n`` are running or starting."""
+        self._forget_exited()
+        for _ in range(n - len(self.processes)):
+            name = next(self._names)
+            self.processes[name] = await self._spawn(name, resources)
+
+    async def scale_down(self, workers: list[str]) -> None:
+        """Stop the processes behind these worker addresses."""
+        known = self.scheduler.workers
+        names = [str(known[a].name) for a in workers if a in known]
+        await asyncio.gather(*(self._stop(name) for name in names))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self._stop(name) for name in list(self.processes)))
+
+    def command(self, name: str, resources: dict[str, Any]) -> list[str]:
+        """The ``dask worker`` command line for one worker."""
+        cmd = [
+            sys.executable, "-m", "distributed.cli.dask_worker",
+            self.scheduler.address,
+            "--name", name,
+            "--nthreads", str(self.nthreads),
+            "--memory-limit", str(self.memory_limit),
+            "--death-timeout", str(self.death_timeout),
+        ]  # fmt: skip
+        if resources:
+            cmd += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
+        return cmd + self.worker_args
+
+    async def _spawn(self, name: str, resources: dict[str, Any]) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *self.command(name, resources),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
+        self.output[name] = deque(maxlen=20)
+        asyncio.ensure_future(self._drain(name, proc))
+        logger.debug("local backend: started %s (pid %d)", name, proc.pid)
+        return proc
+
+    async def _drain(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        """Keep the last lines a worker wrote, so that a crash can be explained."""
+        assert proc.stderr is not None
+        lines = self.output[name]
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            lines.append(line)
+            logger.debug("%s: %s", name, line)
+        code = await proc.wait()
+        if name in self.processes and code != 0:
+            logger.warning(
+                "local backend: worker %s exited with %d:\n%s", name, code, "\n".join(lines)
+            )
+
+    def _forget_exited(self) -> None:
+        for name, proc in list(self.processes.items()):
+            if proc.returncode is not None:
+                del self.processes[name]
+                self.output.pop(name, None)
+
+    async def _stop(self, name: str) -> None:
+        proc = self.processes.pop(name, None)
+        self.output.pop(name, None)
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def _parse_nthreads(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1 or str(n) != str(value).strip():
+        raise invalid("nthreads", value, "a whole number >= 1", backend_option=True)
+    return n
+
+
+def _parse_memory_limit(value: Any) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        limit = parse_bytes(value) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        limit = -1
+    if isinstance(value, bool) or limit < 0:
+        raise invalid(
+            "memory_limit",
+            value,
+            "bytes >= 0, a size such as '2GiB', or 'auto'",
+            backend_option=True,
+        )
+    return limit
+
+
+def _parse_worker_args(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return shlex.split(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise invalid(
+        "worker_args", value, "a list of strings or one string", backend_option=True
+    )

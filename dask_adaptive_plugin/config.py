@@ -1,0 +1,206 @@
+"""Options: defaults from dask config, validation with errors that say what to fix.
+
+Every keyword argument of :class:`~dask_adaptive_plugin.AdaptivePlugin` defaults
+to ``None`` and falls back to the dask config namespace ``adaptive-plugin`` in
+:func:`resolve_options`, the one place where that happens.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import yaml
+from dask.utils import parse_timedelta
+
+NAMESPACE = "adaptive-plugin"
+
+
+def load_defaults() -> None:
+    """Merge the package's commented YAML defaults into dask config."""
+    path = os.path.join(os.path.dirname(__file__), "adaptive-plugin.yaml")
+    with open(path) as f:
+        dask.config.update_defaults(yaml.safe_load(f))
+
+
+def describe(name: str, *, backend_option: bool = False) -> str:
+    """Name an option the way each kind of user sets it."""
+    key = name.replace("_", "-")
+    if backend_option:
+        return (
+            f"backend option {name} (--adaptive-option {key}=..., "
+            f"config {NAMESPACE}.backend-options.{key})"
+        )
+    return f"{name} (--adaptive-{key}, config {NAMESPACE}.{key})"
+
+
+def invalid(
+    name: str, value: Any, accepted: str, *, backend_option: bool = False
+) -> ValueError:
+    """The error for a bad option value: what, the value, and what is accepted."""
+    what = describe(name, backend_option=backend_option)
+    return ValueError(f"invalid {what}: {value!r}; expected {accepted}")
+
+
+def parse_count(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    """A whole number of workers, ``>= 0`` (or ``None`` where that is allowed).
+
+    Examples
+    --------
+    >>> parse_count("minimum", "3")
+    3
+    >>> parse_count("maximum", None, allow_none=True) is None
+    True
+    """
+    accepted = "a whole number >= 0" + (" or null" if allow_none else "")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if allow_none and text in ("", "none", "null", "inf"):
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            raise invalid(name, value, accepted) from None
+    if value is None or (isinstance(value, float) and math.isinf(value)):
+        if allow_none:
+            return None
+        raise invalid(name, value, accepted)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid(name, value, accepted)
+    return value
+
+
+def parse_duration(name: str, value: Any) -> float:
+    """A duration in seconds, ``>= 0``: ``"10s"``, ``"250ms"``, ``2.5``."""
+    accepted = "a duration >= 0 such as '10s', '500ms' or a number of seconds"
+    if isinstance(value, bool):
+        raise invalid(name, value, accepted)
+    try:
+        seconds = parse_timedelta(value, default="seconds")
+    except (ValueError, TypeError, KeyError):
+        raise invalid(name, value, accepted) from None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        raise invalid(name, value, accepted)
+    return float(seconds)
+
+
+def normalise_options(name: str, options: Any) -> dict[str, Any]:
+    """Check a mapping of options and turn its keys to snake_case.
+
+    ``{"memory-limit": "2GiB"}`` becomes ``{"memory_limit": "2GiB"}``.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise invalid(name, options, "a mapping of option names to values")
+    result = {}
+    for key, value in options.items():
+        if not isinstance(key, str) or not key.strip():
+            raise invalid(name, options, "option names that are non-empty strings")
+        result[key.strip().replace("-", "_")] = value
+    return result
+
+
+def parse_key_value(flag: str, text: str) -> tuple[str, Any]:
+    """Split ``KEY=VALUE`` from the command line; the value is read as a literal.
+
+    Examples
+    --------
+    >>> parse_key_value("--adaptive-option", "nthreads=2")
+    ('nthreads', 2)
+    >>> parse_key_value("--adaptive-option", "memory-limit=2GiB")
+    ('memory-limit', '2GiB')
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(
+            f"invalid {flag} {text!r}; expected KEY=VALUE, such as nthreads=2"
+        )
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = raw
+    return key.strip(), value
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated plugin options, every one filled in."""
+
+    backend: Any
+    policy: Any
+    minimum: int
+    maximum: int | None
+    idle_timeout: float
+    start_timeout: float
+    backend_options: dict[str, Any]
+    policy_options: dict[str, Any]
+
+
+def _pick(name: str, given: Any) -> Any:
+    if given is not None:
+        return given
+    return dask.config.get(f"{NAMESPACE}.{name.replace('_', '-')}", default=None)
+
+
+def _check_plugin_reference(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if not value.strip():
+            raise invalid(name, value, "an installed name, a class or an instance")
+        return value.strip()
+    if value is None:
+        raise invalid(name, value, "an installed name, a class or an instance")
+    return value
+
+
+def resolve_options(
+    *,
+    backend: Any = None,
+    policy: Any = None,
+    minimum: Any = None,
+    maximum: Any = None,
+    idle_timeout: Any = None,
+    start_timeout: Any = None,
+    backend_options: Any = None,
+    policy_options: Any = None,
+) -> Options:
+    """Fill every ``None`` from dask config and validate everything.
+
+    Raises
+    ------
+    ValueError
+        naming the option, the value and what is accepted.
+    """
+    low = parse_count("minimum", _pick("minimum", minimum))
+    high = parse_count("maximum", _pick("maximum", maximum), allow_none=True)
+    assert low is not None
+    if high is not None and low > high:
+        raise ValueError(
+            f"invalid {describe('minimum')}: {low} is above "
+            f"{describe('maximum')}: {high}; expected minimum <= maximum"
+        )
+    config_policy_options = normalise_options(
+        "policy_options", dask.config.get(f"{NAMESPACE}.policy-options", default={})
+    )
+    return Options(
+        backend=_check_plugin_reference("backend", _pick("backend", backend)),
+        policy=_check_plugin_reference("policy", _pick("policy", policy)),
+        minimum=low,
+        maximum=high,
+        idle_timeout=parse_duration("idle_timeout", _pick("idle_timeout", idle_timeout)),
+        start_timeout=parse_duration(
+            "start_timeout", _pick("start_timeout", start_timeout)
+        ),
+        backend_options=normalise_options(
+            "backend_options", _pick("backend_options", backend_options)
+        ),
+        policy_options={
+            **config_policy_options,
+            **normalise_options("policy_options", policy_options),
+        },
+    )

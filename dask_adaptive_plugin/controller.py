@@ -1,0 +1,329 @@
+"""The controller: turns events into decisions and decisions into backend calls.
+
+Event-driven: :meth:`Controller.poke` is a flag. The first poke after a quiet
+spell schedules one evaluation at once on the event loop; pokes that arrive
+before it runs are coalesced into it. Timers exist only for deadlines: one the
+policy names (an idle worker's timeout), a requested worker that is overdue,
+or the end of a back-off after a failure. There is no polling.
+
+One backend action runs at a time; pokes during an action lead to one
+evaluation after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from time import time
+from typing import TYPE_CHECKING, Any
+
+from distributed.core import Status
+
+from dask_adaptive_plugin.policy import Decision, Policy
+from dask_adaptive_plugin.stats import ClusterStats
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+
+    from dask_adaptive_plugin.backend import Backend
+
+logger = logging.getLogger(__name__)
+
+#: Evaluations are at least this far apart, so that a scheduler busy with
+#: thousands of transitions a second pays for a few hundred evaluations at most.
+MIN_GAP = 0.002
+BACKOFF_START = 1.0
+BACKOFF_CAP = 60.0
+
+
+async def call_backend(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a backend method that may be a plain function or a coroutine."""
+    result = method(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Controller:
+    """Connects statistics, policy and backend for one scheduler.
+
+    Parameters
+    ----------
+    scheduler
+        The scheduler whose workers are scaled.
+    stats
+        Its incremental statistics.
+    policy
+        Decides what to do.
+    backend
+        Starts and stops workers.
+    record
+        Called with each decision's record (a dict with ``status`` and
+        ``reason``); the plugin keeps it in its log and as an event.
+    start_timeout
+        Seconds after which workers requested but not connected are given up on.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        stats: ClusterStats,
+        policy: Policy,
+        backend: Backend,
+        record: Callable[[dict[str, Any]], None],
+        start_timeout: float,
+    ) -> None:
+        self.scheduler = scheduler
+        self.stats = stats
+        self.policy = policy
+        self.backend = backend
+        self.record = record
+        self.start_timeout = start_timeout
+        self.loop = asyncio.get_running_loop()
+        #: Workers requested from the backend that have not connected yet.
+        self.pending = 0
+        self.pending_since = 0.0
+        self.failures = 0
+        self.not_before = 0.0
+        self.last_evaluation = -math.inf
+        self.evaluations = 0
+        self.closed = False
+        self._soon: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._action: asyncio.Task | None = None
+        self._poked_during_action = False
+
+    # -- events --------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Something changed: evaluate soon. O(1); safe to call from any hook."""
+        if self._soon is not None or self.closed:
+            return
+        if self._action is not None:
+            self._poked_during_action = True
+            return
+        delay = max(self.last_evaluation + MIN_GAP, self.not_before) - time()
+        if delay <= 0:
+            self._soon = self.loop.call_soon(self._evaluate)
+        else:
+            self._soon = self.loop.call_later(delay, self._evaluate)
+
+    def worker_arrived(self) -> None:
+        if self.pending:
+            self.pending -= 1
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def _set_timer(self, when: float | None) -> None:
+        """The one timer: evaluate at ``when`` even if no event comes."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if when is not None and not self.closed:
+            self._timer = self.loop.call_later(max(0.0, when - time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.poke()
+
+    def _evaluate(self) -> None:
+        self._soon = None
+        if self.closed or self._action is not None:
+            return
+        now = time()
+        try:
+            decision = self.decide(now)
+        except Exception as e:
+            self._failed("decide", e, now)
+            return
+        if decision.status == "up":
+            self._start(self._scale_up(decision))
+        elif decision.status == "down":
+            self._start(self._scale_down(decision))
+        self._set_timer(self._next_deadline(decision))
+
+    def decide(self, now: float) -> Decision:
+        """One evaluation of the policy on the current statistics."""
+        self.last_evaluation = now
+        self.evaluations += 1
+        stats = self.stats
+        if stats.needs_reseed:
+            stats.reseed(now)
+        stats.recheck_some_busy(now)
+        if self.pending and now > self.pending_since + self.start_timeout:
+            self.record(
+                {
+                    "status": "overdue",
+                    "n": self.pending,
+                    "reason": f"requested workers did not connect within "
+                    f"{self.start_timeout:g}s; asking again",
+                }
+            )
+            self.pending = 0
+        snapshot = stats.snapshot(
+            pending=self.pending,
+            threads_per_worker=getattr(self.backend, "threads_per_worker", 1) or 1,
+        )
+        return self.policy.decide(snapshot, now)
+
+    def _next_deadline(self, decision: Decision) -> float | None:
+        deadlines = [decision.deadline]
+        if self.pending:
+            deadlines.append(self.pending_since + self.start_timeout)
+        upcoming = [d for d in deadlines if d is not None]
+        return min(upcoming) if upcoming else None
+
+    # -- actions ---------------------------------------------------------------------
+
+    def _start(self, action: Awaitable[bool]) -> None:
+        self._action = asyncio.ensure_future(action)
+        self._action.add_done_callback(self._action_done)
+
+    def _action_done(self, task: asyncio.Task) -> None:
+        self._action = None
+        if task.cancelled() or self.closed:
+            return
+        changed = task.exception() is None and task.result()
+        poked, self._poked_during_action = self._poked_during_action, False
+        # After a change, look again at once; after an action that changed
+        # nothing, wait for the next event, so that nothing can spin.
+        if changed or poked:
+            self.poke()
+
+    async def _scale_up(self, decision: Decision) -> bool:
+        workers = len(self.scheduler.workers)
+        record = {
+            "status": "up",
+            "n": decision.n,
+            "reason": decision.reason,
+            "workers": workers,
+            "pending": self.pending,
+        }
+        if decision.kwargs:
+            record["kwargs"] = dict(decision.kwargs)
+        self.record(record)
+        before = self.pending
+        # Counted before the call: workers may connect while it runs.
+        self.pending, self.pending_since = decision.n - workers, time()
+        try:
+            await call_backend(self.backend.scale_up, decision.n, **decision.kwargs)
+        except Exception as e:
+            self.pending = before
+            self._failed("scale_up", e, time())
+            return False
+        self._succeeded()
+        return True
+
+    async def _scale_down(self, decision: Decision) -> bool:
+        workers = self.retirable(decision.workers)
+        now = time()
+        for address in set(decision.workers) - set(workers):
+            # Not retirable now: restart its idle clock, so it is not picked
+            # again before another idle timeout has passed.
+            if self.stats.idle.pop(address, None) is not None:
+                self.stats.idle[address] = now
+        if not workers:
+            return False
+        for address in workers:
+            self.stats.idle.pop(address, None)
+        stimulus_id = f"adaptive-retire-{time()}"
+        retired = list(
+            await self.scheduler.retire_workers(
+                workers=workers,
+                close_workers=False,
+                remove=False,
+                stimulus_id=stimulus_id,
+            )
+        )
+        kept = sorted(set(workers) - set(retired))
+        record = {"status": "down", "workers": retired, "reason": decision.reason}
+        for address in kept:
+            self.stats.idle[address] = time()
+        if kept:
+            record["kept"] = kept
+            record["kept_reason"] = "their data could not be moved elsewhere"
+        self.record(record)
+        if not retired:
+            return False
+        try:
+            await call_backend(self.backend.scale_down, retired)
+        except Exception as e:
+            self._failed("scale_down", e, time())
+        else:
+            self._succeeded()
+        finally:
+            await self._remove_from_scheduler(retired, stimulus_id)
+        return True
+
+    def retirable(self, candidates: tuple[str, ...] | list[str]) -> list[str]:
+        """Of ``candidates``, those that may be retired right now.
+
+        Never a worker running or holding tasks to run, a long-running
+        (seceded) worker, one not in the running state, or one that another
+        plugin vetoes through ``valid_workers_downscaling``.
+        """
+        workers = self.scheduler.workers
+        wss = [
+            ws
+            for address in candidates
+            if (ws := workers.get(address)) is not None
+            and ws.status == Status.running
+            and not ws.processing
+            and not ws.long_running
+        ]
+        for plugin in list(self.scheduler.plugins.values()):
+            wss = plugin.valid_workers_downscaling(self.scheduler, wss)
+        return [ws.address for ws in wss]
+
+    async def _remove_from_scheduler(self, addresses: list[str], stimulus_id: str) -> None:
+        """Workers the backend stopped but the scheduler still lists: close them."""
+        for address in addresses:
+            if address in self.scheduler.workers:
+                await self.scheduler.remove_worker(
+                    address, close=True, expected=True, stimulus_id=stimulus_id
+                )
+
+    # -- failures ---------------------------------------------------------------------
+
+    def _failed(self, what: str, error: BaseException, now: float) -> None:
+        self.failures += 1
+        delay = min(BACKOFF_CAP, BACKOFF_START * 2 ** (self.failures - 1))
+        self.not_before = now + delay
+        logger.warning("adaptive: %s failed (retry in %gs): %r", what, delay, error)
+        self._set_timer(self.not_before)
+        self.record(
+            {
+                "status": "error",
+                "action": what,
+                "error": f"{type(error).__name__}: {error}",
+                "failures": self.failures,
+                "retry_in": delay,
+                "reason": f"{what} failed; retrying after back-off",
+            }
+        )
+
+    def _succeeded(self) -> None:
+        self.failures = 0
+        self.not_before = 0.0
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin acting: evaluate at once (a minimum is honoured immediately)."""
+        self.poke()
+
+    async def close(self) -> None:
+        """Stop acting: cancel timers and any action in progress."""
+        self.closed = True
+        for handle in (self._soon, self._timer):
+            if handle is not None:
+                handle.cancel()
+        if self._action is not None:
+            self._action.cancel()
+            try:
+                await self._action
+            except BaseException:
+                pass
