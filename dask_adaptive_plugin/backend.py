@@ -24,8 +24,8 @@ class Backend:
        options there, raising ``ValueError`` that names the bad one;
     3. implement :meth:`scale_up` and :meth:`scale_down`, as plain functions or
        coroutines;
-    4. optionally implement :meth:`close`, and set :attr:`maximum` and
-       :attr:`threads_per_worker` when you know them;
+    4. optionally implement :meth:`close` and :meth:`stopped_together`, and
+       set :attr:`maximum` and :attr:`threads_per_worker` when you know them;
     5. register the class in your package's ``setup.cfg``::
 
            [options.entry_points]
@@ -86,6 +86,15 @@ class Backend:
         (``scheduler.workers[address].name`` gives each one's name).
         """
         raise NotImplementedError
+
+    def stopped_together(self, address: str) -> list[str]:
+        """The workers that stop with this one (itself included).
+
+        A batch job that runs several worker processes is started and stopped
+        as one unit; the plugin then retires a job's workers all at once or
+        not at all. The default: each worker is its own unit.
+        """
+        return [address]
 
     async def close(self) -> None:
         """Stop every worker this backend started and release its resources."""

@@ -276,7 +276,15 @@ class Controller:
         ]
         for plugin in list(self.scheduler.plugins.values()):
             wss = plugin.valid_workers_downscaling(self.scheduler, wss)
-        return [ws.address for ws in wss]
+        return self._whole_units([ws.address for ws in wss])
+
+    def _whole_units(self, addresses: list[str]) -> list[str]:
+        """Keep only workers whose whole unit (a batch job) can go."""
+        together = getattr(self.backend, "stopped_together", None)
+        if together is None:
+            return addresses
+        allowed = set(addresses)
+        return [a for a in addresses if allowed.issuperset(together(a))]
 
     async def _remove_from_scheduler(self, addresses: list[str], stimulus_id: str) -> None:
         """Workers the backend stopped but the scheduler still lists: close them."""
