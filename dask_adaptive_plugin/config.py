@@ -20,12 +20,13 @@ from dask.utils import parse_timedelta
 
 NAMESPACE = "adaptive-plugin"
 
+with open(os.path.join(os.path.dirname(__file__), "adaptive-plugin.yaml")) as _f:
+    DEFAULTS: dict[str, Any] = yaml.safe_load(_f)
+
 
 def load_defaults() -> None:
     """Merge the package's commented YAML defaults into dask config."""
-    path = os.path.join(os.path.dirname(__file__), "adaptive-plugin.yaml")
-    with open(path) as f:
-        dask.config.update_defaults(yaml.safe_load(f))
+    dask.config.update_defaults(DEFAULTS)
 
 
 def describe(name: str, *, backend_option: bool = False) -> str:
@@ -145,7 +146,9 @@ class Options:
 def _pick(name: str, given: Any) -> Any:
     if given is not None:
         return given
-    return dask.config.get(f"{NAMESPACE}.{name.replace('_', '-')}", default=None)
+    key = name.replace("_", "-")
+    # The shipped defaults also stand behind a config that was reset wholesale.
+    return dask.config.get(f"{NAMESPACE}.{key}", default=DEFAULTS[NAMESPACE][key])
 
 
 def _check_plugin_reference(name: str, value: Any) -> Any:

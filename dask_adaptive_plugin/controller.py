@@ -239,15 +239,20 @@ class Controller:
             )
         )
         kept = sorted(set(workers) - set(retired))
-        record = {"status": "down", "workers": retired, "reason": decision.reason}
         for address in kept:
             self.stats.idle[address] = time()
         if kept:
-            record["kept"] = kept
-            record["kept_reason"] = "their data could not be moved elsewhere"
-        self.record(record)
+            self.record(
+                {
+                    "status": "kept",
+                    "workers": kept,
+                    "reason": "retirement aborted: their data could not be "
+                    "moved to another worker",
+                }
+            )
         if not retired:
             return False
+        self.record({"status": "down", "workers": retired, "reason": decision.reason})
         try:
             await call_backend(self.backend.scale_down, retired)
         except Exception as e:

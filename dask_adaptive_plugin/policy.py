@@ -92,7 +92,8 @@ def choose_idle_workers(
 
     Candidates are workers idle for at least ``idle_timeout``; those holding the
     least data go first, and no more go than keeps the stored data under
-    ``memory_threshold`` of the remaining workers' memory. Costs O(expired)
+    ``memory_threshold`` of the remaining workers' memory (and one worker
+    always stays while there is data to hold). Costs O(expired)
     (nothing when ``count <= 0``), never a scan of all workers.
 
     Returns
@@ -110,6 +111,8 @@ def choose_idle_workers(
             break
         if count > 0:
             expired.append(address)
+    if snapshot.stored_bytes:
+        count = min(count, snapshot.workers - 1)  # someone must receive the data
     if count <= 0 or not expired:
         return [], deadline
     states = snapshot.worker_states
@@ -202,7 +205,16 @@ class AdaptivePolicy(Policy):
         if s.no_worker or (s.queued and not s.idle):
             n = max(n, math.ceil(s.workers * self.scale_factor), s.workers + 1)
             why = f"{s.unassigned} tasks wait for a worker; {why}"
-        return max(1, min(n, math.ceil(s.runnable / tpw))), why
+        return max(1, min(n, self._most_useful(s, tpw))), why
+
+    @staticmethod
+    def _most_useful(s: Snapshot, tpw: float) -> int:
+        """More workers than this would have nothing to run."""
+        most = math.ceil(s.runnable / tpw)
+        if s.no_worker:
+            # no current worker can run these: they need workers of their own
+            most = max(most, s.workers + math.ceil(s.no_worker / tpw))
+        return most
 
     def _for_memory(self, s: Snapshot) -> tuple[int, str]:
         if not (s.workers and s.memory_limit):

@@ -1,0 +1,307 @@
+"""The scenarios of distributed's own Adaptive tests, rewritten for the plugin.
+
+Each test runs a real scheduler, real workers (in the scheduler's process, see
+``inprocess.py``) and a real client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from typing import Any
+
+import dask
+import pytest
+from distributed import Client, Scheduler, wait
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils_test import gen_test, inc, slowinc
+
+from dask_adaptive_plugin import AdaptivePlugin
+from inprocess import InProcessBackend
+
+
+class Watcher(SchedulerPlugin):
+    """Records the number of workers at every change, and every computation."""
+
+    name = "watcher"
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.computed: Counter = Counter()
+
+    def add_worker(self, scheduler: Scheduler, worker: str) -> None:
+        self.sizes.append(len(scheduler.workers))
+
+    def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
+        self.sizes.append(len(scheduler.workers))
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if start == "processing" and finish == "memory":
+            self.computed[key] += 1
+
+
+@asynccontextmanager
+async def adaptive_cluster(**kwargs: Any):
+    """A scheduler with the plugin (added before start), a watcher and a client."""
+    kwargs.setdefault("backend", InProcessBackend)
+    plugin = AdaptivePlugin(**kwargs)
+    watcher = Watcher()
+    async with Scheduler(
+        dashboard_address=":0", host="127.0.0.1", plugins=[plugin, watcher]
+    ) as s:
+        async with Client(s.address, asynchronous=True) as c:
+            yield s, c, plugin, watcher
+
+
+async def until(predicate, timeout: float = 20, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(interval)
+
+
+def statuses(plugin: AdaptivePlugin) -> list[str]:
+    return [entry["status"] for _, entry in plugin.log]
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_scale_from_zero_and_back_to_zero():
+    async with adaptive_cluster(maximum=4, idle_timeout="200ms") as (s, c, plugin, _):
+        assert not s.workers
+        futures = c.map(slowinc, range(20), delay=0.05)
+        assert await c.gather(futures) == list(range(1, 21))
+        assert s.workers
+        del futures
+        await until(lambda: not s.workers)
+        assert statuses(plugin)[0] == "up"
+        assert "down" in statuses(plugin)
+        assert all(entry["reason"] for _, entry in plugin.log)
+        events = [msg for _, msg in await c.get_events("adaptive")]
+        assert [e["status"] for e in events] == statuses(plugin)
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_first_event_is_evaluated_at_once():
+    async with adaptive_cluster(maximum=2) as (s, c, plugin, _):
+        backend = plugin.backend
+        start = time.perf_counter()
+        future = c.submit(inc, 1)
+        await until(lambda: backend.calls, interval=0.001)
+        assert time.perf_counter() - start < 1.0  # generous; the benchmark measures it
+        assert await future == 2
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_minimum_and_maximum_held_at_all_times():
+    async with adaptive_cluster(minimum=1, maximum=3, idle_timeout="100ms") as (
+        s, c, plugin, watcher,
+    ):  # fmt: skip
+        await until(lambda: len(s.workers) == 1)
+        first = len(watcher.sizes)
+        futures = c.map(slowinc, range(60), delay=0.05)
+        await wait(futures)
+        assert max(watcher.sizes) == 3
+        del futures
+        await until(lambda: len(s.workers) == 1)
+        await asyncio.sleep(0.5)
+        assert len(s.workers) == 1
+        assert min(watcher.sizes[first:]) >= 1
+        assert max(watcher.sizes) <= 3
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_no_churn_across_short_pauses():
+    async with adaptive_cluster(maximum=4, idle_timeout="2s") as (s, c, plugin, _):
+        for i in range(10):
+            await c.submit(slowinc, i, delay=0.04)
+            await asyncio.sleep(0.04)
+        assert statuses(plugin) == ["up"]
+        assert plugin.backend.ups() == [1]
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_no_more_workers_than_tasks():
+    async with adaptive_cluster(maximum=10) as (s, c, plugin, watcher):
+        futures = c.map(slowinc, range(3), delay=0.5)
+        await wait(futures)
+        assert max(watcher.sizes) <= 3
+        assert max(plugin.backend.ups()) <= 3
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_long_sequential_chain_does_not_scale_out():
+    async with adaptive_cluster(maximum=8) as (s, c, plugin, watcher):
+        x = c.submit(slowinc, 0, delay=0.02)
+        for _ in range(40):
+            x = c.submit(slowinc, x, delay=0.02)
+        assert await x == 41
+        assert max(watcher.sizes) == 1
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_wide_work_reaches_the_maximum_within_seconds():
+    async with adaptive_cluster(maximum=6) as (s, c, plugin, _):
+        start = time.monotonic()
+        futures = c.map(slowinc, range(1000), delay=0.1)
+        await until(lambda: len(s.workers) == 6, timeout=5)
+        reached = time.monotonic() - start
+        assert reached < 5
+        await c.cancel(futures)
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_target_duration_sizes_the_cluster():
+    config = {"distributed.scheduler.default-task-durations": {"slowinc": 1}}
+    with dask.config.set(config):
+        async with adaptive_cluster(minimum=2, maximum=100, target_duration="5s") as (
+            s, c, plugin, _,
+        ):  # fmt: skip
+            await until(lambda: len(s.workers) == 2)
+            futures = c.map(slowinc, range(100), delay=0.3)
+            await until(lambda: len(plugin.log) >= 2)
+            assert plugin.log[0][1]["n"] == 2
+            assert plugin.log[1][1]["status"] == "up"
+            assert plugin.log[1][1]["n"] == 20
+            await c.cancel(futures)
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_memory_pressure_scales_up():
+    config = {
+        f"distributed.worker.memory.{k}": False
+        for k in ("target", "spill", "pause", "terminate")
+    }
+    with dask.config.set(config):
+        async with adaptive_cluster(
+            minimum=1, maximum=4, backend_options={"memory_limit": 1_000_000}
+        ) as (s, c, plugin, _):
+            await until(lambda: len(s.workers) == 1)
+            data = c.map(lambda i: b"x" * 350_000, range(2), pure=False)
+            await wait(data)
+            await until(lambda: len(s.workers) > 1)
+            up = [e for _, e in plugin.log if e["status"] == "up"][-1]
+            assert "memory" in up["reason"]
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_persisted_data_survives_scale_down_and_nothing_is_computed_twice():
+    async with adaptive_cluster(maximum=4, idle_timeout="200ms") as (s, c, plugin, watcher):
+        futures = c.map(slowinc, range(100), delay=0.02)
+        await wait(futures)
+        assert len(s.workers) > 1
+        await until(lambda: len(s.workers) == 1, timeout=10)
+        assert "down" in statuses(plugin)
+        assert await c.gather(futures) == list(range(1, 101))
+        assert set(watcher.computed.values()) == {1}
+        assert len(watcher.computed) == 100
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_resource_needs_reach_scale_up_kwargs():
+    async with adaptive_cluster(maximum=2) as (s, c, plugin, _):
+        future = c.submit(inc, 1, resources={"GPU": 2})
+        assert await future == 2
+        kind, n, kwargs = plugin.backend.calls[0]
+        assert (kind, kwargs) == ("up", {"GPU": 2})
+        assert plugin.log[0][1]["kwargs"] == {"GPU": 2}
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_workers_that_another_plugin_vetoes_are_not_retired():
+    class Veto(SchedulerPlugin):
+        name = "veto"
+
+        def valid_workers_downscaling(self, scheduler, workers):
+            return []
+
+    async with adaptive_cluster(maximum=2, idle_timeout="100ms") as (s, c, plugin, _):
+        s.add_plugin(Veto())
+        await c.gather(c.map(slowinc, range(10), delay=0.05))
+        workers = set(s.workers)
+        await asyncio.sleep(1)
+        assert set(s.workers) == workers
+        assert "down" not in statuses(plugin)
+        assert plugin.controller.evaluations < 50  # a veto does not make it spin
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_workers_running_tasks_are_not_retired():
+    async with adaptive_cluster(maximum=2, idle_timeout="100ms") as (s, c, plugin, _):
+        long = c.submit(slowinc, 1, delay=3, key="long")
+        await until(lambda: "long" in s.tasks and s.tasks["long"].state == "processing")
+        runner = s.tasks["long"].processing_on.address
+        short = c.map(slowinc, range(4), delay=0.1)
+        await until(lambda: len(s.workers) == 2)
+        await until(lambda: len(s.workers) == 1)  # the idle one goes
+        assert set(s.workers) == {runner}
+        assert s.tasks["long"].state == "processing"
+        assert await long == 2
+        assert len(await c.gather(short)) == 4
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_a_second_plugin_replaces_the_first():
+    async with adaptive_cluster(maximum=2, idle_timeout="100ms") as (s, c, first, _):
+        await c.gather(c.map(inc, range(5)))
+        calls = len(first.backend.calls)
+        second = AdaptivePlugin(backend=InProcessBackend, maximum=3)
+        with pytest.warns(UserWarning, match="plugin with name adaptive; overwriting"):
+            s.add_plugin(second)
+        await until(lambda: second.controller is not None)
+        assert first.controller is None
+        assert first.backend.closed
+        assert statuses(first)[-1] == "stopped"
+        assert s.plugins["adaptive"] is second
+        assert await c.gather(c.map(inc, range(10, 20))) == list(range(11, 21))
+        assert len(first.backend.calls) == calls
+        assert second.backend.calls
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_added_to_a_running_scheduler_honours_minimum_at_once():
+    async with Scheduler(dashboard_address=":0", host="127.0.0.1") as s:
+        plugin = AdaptivePlugin(backend=InProcessBackend, minimum=2, maximum=4)
+        s.add_plugin(plugin)
+        await until(lambda: len(s.workers) == 2, timeout=10)
+        assert plugin.log[0][1]["status"] == "up"
+        assert "minimum" in plugin.log[0][1]["reason"]
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_registered_from_a_client():
+    async with Scheduler(dashboard_address=":0", host="127.0.0.1") as s:
+        async with Client(s.address, asynchronous=True) as c:
+            await c.register_plugin(
+                AdaptivePlugin(backend=InProcessBackend, minimum=1, maximum=2)
+            )
+            await until(lambda: len(s.workers) == 1, timeout=10)
+            assert isinstance(s.plugins["adaptive"], AdaptivePlugin)
+            assert await c.submit(inc, 1) == 2
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_a_failing_backend_becomes_events_and_back_off():
+    async with adaptive_cluster(maximum=2, backend_options={"fail": 2}) as (
+        s, c, plugin, _,
+    ):  # fmt: skip
+        start = time.monotonic()
+        assert await c.submit(inc, 1) == 2
+        waited = time.monotonic() - start
+        errors = [e for _, e in plugin.log if e["status"] == "error"]
+        assert [e["retry_in"] for e in errors] == [1.0, 2.0]
+        assert "failed on purpose" in errors[0]["error"]
+        assert waited >= 3.0  # 1 s then 2 s of back-off
+        ups = plugin.backend.ups()
+        assert len(ups) == 3
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_scheduler_close_stops_the_plugin_and_closes_the_backend():
+    async with adaptive_cluster(minimum=1, maximum=2) as (s, c, plugin, _):
+        await until(lambda: len(s.workers) == 1)
+        backend = plugin.backend
+    assert backend.closed
+    assert plugin.controller is None
+    assert statuses(plugin)[-1] == "stopped"
