@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ class Backend:
 
     1. inherit from this class (optional: any object with the two methods works);
     2. accept the scheduler and your options in ``__init__`` and check the
-       options there, raising ``ValueError`` that names the bad one;
+       options there, raising ``ValueError`` that names the bad one (override
+       :meth:`check_options` to run the same checks before the scheduler starts);
     3. implement :meth:`scale_up` and :meth:`scale_down`, as plain functions or
        coroutines;
     4. optionally implement :meth:`close` and :meth:`stopped_together`, and
@@ -62,6 +64,28 @@ class Backend:
                 f"{type(self).__name__} takes no options; got {sorted(options)}"
             )
         self.scheduler = scheduler
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Raise ``ValueError`` for options this backend cannot take.
+
+        Called when the plugin is created, before any scheduler exists, so that
+        bad input fails at once (``AdaptivePlugin(...)`` raises, ``dask
+        scheduler`` exits at start-up). The default checks the names against
+        ``__init__``; override it to check values too, without side effects.
+        """
+        try:
+            inspect.signature(cls).bind(None, **options)
+        except TypeError:
+            accepted = [
+                p.name
+                for p in list(inspect.signature(cls).parameters.values())[1:]
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            raise ValueError(
+                f"invalid backend_options for backend {cls.__name__}: "
+                f"{sorted(options)}; it takes {', '.join(accepted) or 'no options'}"
+            ) from None
 
     def scale_up(self, n: int, **kwargs: Any) -> None | Awaitable[None]:
         """Bring the total number of workers up to ``n``.

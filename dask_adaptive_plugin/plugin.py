@@ -7,6 +7,7 @@ import inspect
 import logging
 import weakref
 from collections import deque
+from functools import partial
 from time import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +17,12 @@ from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from dask_adaptive_plugin import registry
+from dask_adaptive_plugin.backend import Backend
 from dask_adaptive_plugin.config import Options, resolve_options
 from dask_adaptive_plugin.controller import Controller
 from dask_adaptive_plugin.stats import ClusterStats
 
 if TYPE_CHECKING:
-    from dask_adaptive_plugin.backend import Backend
     from dask_adaptive_plugin.policy import Policy
 
 logger = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class AdaptivePlugin(SchedulerPlugin):
 
 
 def check_backend_options(spec: Any, options: dict[str, Any]) -> None:
-    """Raise ``ValueError`` if the backend class does not take these options."""
+    """Raise ``ValueError`` if the backend cannot take these options."""
     if not inspect.isclass(spec):
         if options:
             raise ValueError(
@@ -302,13 +303,10 @@ def check_backend_options(spec: Any, options: dict[str, Any]) -> None:
                 f"instance ({spec!r}); pass the class or name instead"
             )
         return
-    try:
-        inspect.signature(spec).bind(None, **options)
-    except TypeError:
-        raise ValueError(
-            f"invalid backend_options for backend {spec.__name__}: "
-            f"{sorted(options)}; it takes {_parameters(spec)}"
-        ) from None
+    check = getattr(spec, "check_options", None)
+    if check is None:  # a backend that does not inherit from Backend
+        check = partial(Backend.check_options.__func__, spec)  # type: ignore[attr-defined]
+    check(**options)
 
 
 def make_backend(spec: Any, scheduler: Scheduler, options: Options) -> Backend:

@@ -68,19 +68,26 @@ class LocalBackend(Backend):
         worker_args: Any = (),
         death_timeout: Any = "60s",
     ) -> None:
-        self.scheduler = scheduler
+        super().__init__(scheduler)
         self.nthreads = self.threads_per_worker = _parse_nthreads(nthreads)
         self.memory_limit = _parse_memory_limit(memory_limit)
         self.worker_args = _parse_worker_args(worker_args)
-        try:
-            self.death_timeout = parse_duration("death_timeout", death_timeout)
-        except ValueError:
-            raise invalid(
-                "death_timeout", death_timeout, "a duration >= 0", backend_option=True
-            ) from None
+        self.death_timeout = _parse_death_timeout(death_timeout)
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.output: dict[str, deque[str]] = {}
         self._names = (f"local-{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        super().check_options(**options)
+        checks = {
+            "nthreads": _parse_nthreads,
+            "memory_limit": _parse_memory_limit,
+            "worker_args": _parse_worker_args,
+            "death_timeout": _parse_death_timeout,
+        }
+        for name, value in options.items():
+            checks[name](value)
 
     async def scale_up(self, n: int, **resources: Any) -> None:
         """Start processes until ``n`` are running or starting."""
@@ -183,6 +190,15 @@ def _parse_memory_limit(value: Any) -> int | str:
             backend_option=True,
         )
     return limit
+
+
+def _parse_death_timeout(value: Any) -> float:
+    try:
+        return parse_duration("death_timeout", value)
+    except ValueError:
+        raise invalid(
+            "death_timeout", value, "a duration >= 0", backend_option=True
+        ) from None
 
 
 def _parse_worker_args(value: Any) -> list[str]:
