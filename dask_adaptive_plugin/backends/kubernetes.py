@@ -1,0 +1,809 @@
+"""The ``kubernetes`` backend: each worker is a Pod made through the Kubernetes API.
+
+All API calls go through kr8s's asyncio client, so none of them blocks the
+scheduler's event loop, and each is bounded by ``api_timeout``.
+
+Identity. Every Pod carries two labels: ``dask-adaptive-plugin/scheduler``, the
+*cluster name*, and ``dask-adaptive-plugin/worker``, the Pod's (and worker's)
+name. The cluster name is the option ``cluster_name``; by default it is derived
+from the address the workers connect to (``tcp://10.0.0.5:8786`` gives
+``dask-10-0-0-5-8786``), so that a scheduler restarted at the same address (the
+usual case behind a Kubernetes Service) finds the Pods of its earlier run. A
+scheduler that listens on a random port should be given a ``cluster_name``.
+
+On start, Pods labelled for this cluster name by an earlier run are adopted if
+their worker is connected to this scheduler, and deleted otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import logging
+import os
+import re
+import shlex
+import uuid
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from time import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import distributed
+import yaml
+
+from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.config import invalid, parse_duration
+
+try:
+    import kr8s
+    import kr8s.asyncio
+    from kr8s.asyncio.objects import Pod
+except ImportError as e:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "the kubernetes backend needs kr8s: "
+        "pip install 'dask-adaptive-plugin[kubernetes]'"
+    ) from e
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Label naming the scheduler (cluster name) a Pod belongs to.
+SCHEDULER_LABEL = "dask-adaptive-plugin/scheduler"
+#: Label naming the worker a Pod runs (the Pod's own name).
+WORKER_LABEL = "dask-adaptive-plugin/worker"
+#: The image when neither the template nor the ``image`` option names one:
+#: the official Dask image of the scheduler's own version.
+DEFAULT_IMAGE = f"ghcr.io/dask/dask:{distributed.__version__}"
+#: Cluster names are cut to this length, so that ``<name>-<8 hex>`` Pod names
+#: stay valid label values (at most 63 characters).
+MAX_CLUSTER_NAME = 54
+#: Keys under a kubeconfig user whose values are secrets.
+SECRET_KEY = re.compile(r"token|password|secret|key-data", re.IGNORECASE)
+#: Credentials written out in text: an Authorization value, ``token=...``.
+SECRET_TEXT = re.compile(r"(?i)\b(bearer\s+|basic\s+|token\s*[=:]\s*)[\w.~+/=-]{6,}")
+#: ``user:password@`` in a URL.
+URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+#: Pod phases after which the container will not run again.
+FINISHED = ("Succeeded", "Failed")
+#: A namespace name.
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+class KubernetesAPIError(RuntimeError):
+    """A Kubernetes API call failed; the message never holds credentials."""
+
+
+@dataclass
+class PodRecord:
+    """What the backend knows about one of its Pods."""
+
+    name: str
+    created: float
+    phase: str = "Pending"
+    reported: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+class KubernetesBackend(Backend):
+    """Run each worker as a Kubernetes Pod.
+
+    Parameters
+    ----------
+    scheduler
+        The scheduler the workers connect to.
+    pod_template
+        A Pod manifest, as a mapping or the path of a YAML file. Its first
+        container runs the worker: its ``args`` are set to
+        ``dask worker <scheduler> --name <pod name> ...`` (so a ``command``
+        in the template, such as an entry point wrapper, is kept). Default: a
+        Pod with one container ``dask-worker``.
+    image
+        Container image; overrides the template's (default: the template's,
+        else ``ghcr.io/dask/dask:<distributed version>``).
+    namespace
+        Namespace of the Pods (default: the kubeconfig context's, else
+        ``default``).
+    resources
+        Container resources in Kubernetes' form, overriding the template's:
+        ``{"limits": {"cpu": "1", "memory": "4Gi"}}``.
+    env
+        Environment variables for the worker container, a mapping of names to
+        values (or Kubernetes' list of ``{"name", "value"}``), merged over
+        the template's.
+    nthreads
+        Threads per worker (default 1).
+    worker_args
+        Further ``dask worker`` arguments, a list or one string.
+    death_timeout
+        A worker that loses its scheduler for this long exits, and its Pod
+        finishes (``restartPolicy: Never`` unless the template says otherwise).
+    pending_timeout
+        A Pod still ``Pending`` after this long is reported as an event on topic
+        ``"adaptive"`` (default ``"60s"``). It keeps counting toward the
+        requested total, so no further Pod is created in its place.
+    cluster_name
+        The scheduler's identity in the Pods' labels (default: derived from
+        ``scheduler_address``); see the module documentation.
+    scheduler_address
+        The address the workers connect to (default: the scheduler's own
+        address), such as a Service: ``tcp://dask-scheduler.jobs:8786``.
+    kubeconfig, context, api_url
+        Where the API is and how to authenticate, as in kr8s (default: the
+        ``KUBECONFIG`` environment variable or ``~/.kube/config``, else the
+        Pod's service account).
+    api_timeout
+        The longest one API call may take (default ``"30s"``).
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        pod_template: Any = None,
+        image: Any = None,
+        namespace: Any = None,
+        resources: Any = None,
+        env: Any = None,
+        nthreads: Any = 1,
+        worker_args: Any = (),
+        death_timeout: Any = "60s",
+        pending_timeout: Any = "60s",
+        cluster_name: Any = None,
+        scheduler_address: Any = None,
+        kubeconfig: Any = None,
+        context: Any = None,
+        api_url: Any = None,
+        api_timeout: Any = "30s",
+    ) -> None:
+        self.scheduler = scheduler
+        self.template = _apply_container_options(
+            _load_pod_template(pod_template),
+            image=_optional_text("image", image),
+            resources=_parse_resources(resources),
+            env=_parse_env(env),
+        )
+        self.namespace_option = _parse_namespace(namespace)
+        self.namespace = self.namespace_option or "default"
+        self.nthreads = self.threads_per_worker = _parse_nthreads(nthreads)
+        self.worker_args = _parse_worker_args(worker_args)
+        self.death_timeout = _parse_duration("death_timeout", death_timeout)
+        self.pending_timeout = _parse_duration("pending_timeout", pending_timeout)
+        self.api_timeout = _parse_duration("api_timeout", api_timeout)
+        self.scheduler_address = (
+            _optional_text("scheduler_address", scheduler_address) or scheduler.address
+        )
+        self.cluster_name = _parse_cluster_name(cluster_name, self.scheduler_address)
+        self.kubeconfig = _optional_text("kubeconfig", kubeconfig)
+        self.context = _optional_text("context", context)
+        self.api_url = _optional_text("api_url", api_url)
+        self.pods: dict[str, PodRecord] = {}
+        self._api: Any = None
+        self._secrets: set[str] = set()
+        self._server_url = self.api_url
+        self._setup: asyncio.Task | None = None
+        self._checks: set[asyncio.Task] = set()
+        self._closed = False
+        self._start_setup_in_background()
+
+    # -- the backend interface -----------------------------------------------------
+
+    async def scale_up(self, n: int, **resources: Any) -> None:
+        """Create Pods until ``n`` are running or starting (Pending ones count)."""
+        await self._ensure_setup()
+        await self._refresh()
+        missing = n - len(self.pods)
+        if missing > 0:
+            await _all_or_first_error(
+                self._create_pod(self._new_pod_name(), resources)
+                for _ in range(missing)
+            )
+
+    async def scale_down(self, workers: list[str]) -> None:
+        """Delete the Pods of these (retired) workers."""
+        await self._ensure_setup()
+        known = self.scheduler.workers
+        names = [str(known[a].name) for a in workers if a in known]
+        ours = [n for n in names if n in self.pods or n.startswith(self._prefix)]
+        await _all_or_first_error(self._delete_pod(name) for name in ours)
+
+    async def close(self) -> None:
+        """Delete every Pod of this backend; failures are logged, not raised."""
+        self._closed = True
+        self._cancel_background_work()
+        if self._api is None and not self.pods:
+            return  # never reached the API: nothing of ours to delete
+        try:
+            names = {pod["metadata"]["name"] for pod in await self._list_pods()}
+            await _all_or_first_error(
+                self._delete_pod(name) for name in names | set(self.pods)
+            )
+        except Exception as e:
+            message = self._scrub(f"{type(e).__name__}: {e}")
+            logger.warning("kubernetes backend: Pods not deleted on close: %s", message)
+
+    # -- what the backend tells about its Pods -----------------------------------------
+
+    @property
+    def pending(self) -> list[str]:
+        """This backend's Pods whose worker has not connected (yet).
+
+        They count toward the total that :meth:`scale_up` brings the cluster
+        to, but are not workers: the scheduler does not know them.
+        """
+        connected = self._connected_names()
+        return sorted(name for name in self.pods if name not in connected)
+
+    def worker_command(self, name: str, resources: Mapping[str, Any]) -> list[str]:
+        """The worker container's ``args``: ``dask worker`` and its options."""
+        args = [
+            "dask", "worker", self.scheduler_address,
+            "--name", name,
+            "--nthreads", str(self.nthreads),
+            "--death-timeout", f"{self.death_timeout:g}s",
+        ]  # fmt: skip
+        if resources:
+            args += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
+        return args + self.worker_args
+
+    def pod_manifest(self, name: str, resources: Mapping[str, Any]) -> dict[str, Any]:
+        """The Pod for worker ``name``: the template, named, labelled, with args."""
+        pod = copy.deepcopy(self.template)
+        metadata = pod.setdefault("metadata", {})
+        metadata.pop("generateName", None)
+        metadata.update(name=name, namespace=self.namespace)
+        labels = metadata.setdefault("labels", {})
+        labels.update({SCHEDULER_LABEL: self.cluster_name, WORKER_LABEL: name})
+        pod["spec"].setdefault("restartPolicy", "Never")
+        pod["spec"]["containers"][0]["args"] = self.worker_command(name, resources)
+        return pod
+
+    # -- start: adopt or remove what an earlier run left -------------------------------
+
+    def _start_setup_in_background(self) -> None:
+        """Begin the start-up clean-up now if there is a loop (the plugin's case)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._setup = asyncio.ensure_future(self._adopt_or_remove_leftovers())
+        self._setup.add_done_callback(self._report_failed_setup)
+
+    def _report_failed_setup(self, task: asyncio.Task) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return
+        self._record(
+            {
+                "status": "error",
+                "action": "kubernetes start-up",
+                "error": self._scrub(f"{type(error).__name__}: {error}"),
+                "reason": "could not look for Pods of an earlier run; "
+                "trying again at the next scale_up or scale_down",
+            }
+        )
+
+    async def _ensure_setup(self) -> None:
+        """Run the start-up clean-up once; again if it failed before."""
+        setup = self._setup
+        if setup is None or (
+            setup.done() and (setup.cancelled() or setup.exception() is not None)
+        ):
+            setup = self._setup = asyncio.ensure_future(
+                self._adopt_or_remove_leftovers()
+            )
+        await asyncio.shield(setup)
+
+    async def _adopt_or_remove_leftovers(self) -> None:
+        """Keep Pods whose worker is connected; delete the other Pods of our name."""
+        connected = self._connected_names()
+        adopted, removed = [], []
+        for pod in await self._list_pods():
+            name, phase = _name_and_phase(pod)
+            if name in connected and phase not in FINISHED:
+                self.pods[name] = PodRecord(name, _created_at(pod), phase)
+                adopted.append(name)
+            else:
+                await self._delete_pod(name)
+                removed.append(name)
+        if adopted or removed:
+            self._record(
+                {
+                    "status": "recovered",
+                    "adopted": sorted(adopted),
+                    "removed": sorted(removed),
+                    "reason": f"Pods labelled {SCHEDULER_LABEL}={self.cluster_name} "
+                    "from an earlier run: kept those whose worker is connected",
+                }
+            )
+
+    def _connected_names(self) -> set[str]:
+        return {str(ws.name) for ws in self.scheduler.workers.values()}
+
+    # -- Pods --------------------------------------------------------------------------
+
+    @property
+    def _prefix(self) -> str:
+        """How the names of this cluster's Pods begin."""
+        return f"{self.cluster_name}-"
+
+    def _new_pod_name(self) -> str:
+        return f"{self._prefix}{uuid.uuid4().hex[:8]}"
+
+    async def _refresh(self) -> None:
+        """Bring :attr:`pods` up to date: phases, vanished and finished Pods.
+
+        A Pod with this cluster's label that is not tracked (left by something
+        else) is adopted if its worker is connected, deleted if it finished.
+        """
+        listed = {}
+        connected = self._connected_names()
+        for pod in await self._list_pods():
+            name, phase = _name_and_phase(pod)
+            listed[name] = phase
+            if name not in self.pods and phase in FINISHED:
+                await self._delete_pod(name)
+            elif name not in self.pods and name in connected:
+                self.pods[name] = PodRecord(name, _created_at(pod), phase)
+        for name, record in list(self.pods.items()):
+            if name not in listed:
+                self._forget(name)
+            elif listed[name] in FINISHED:
+                logger.info("kubernetes backend: Pod %s %s", name, listed[name])
+                await self._delete_pod(name)
+            else:
+                record.phase = listed[name]
+                self._report_if_pending_too_long(record)
+
+    async def _list_pods(self) -> list[dict[str, Any]]:
+        """This cluster's Pods that are not being deleted, as raw manifests."""
+        api = await self._connect()
+        selector = {SCHEDULER_LABEL: self.cluster_name}
+        pods = await self._call(
+            "list Pods",
+            _collect(
+                Pod.list(api=api, namespace=self.namespace, label_selector=selector)
+            ),
+        )
+        # The selector is checked here too: some API servers (and emulators)
+        # ignore it.
+        return [
+            pod.raw.to_dict()
+            for pod in pods
+            if pod.labels.get(SCHEDULER_LABEL) == self.cluster_name
+            and not pod.metadata.get("deletionTimestamp")
+        ]
+
+    async def _create_pod(self, name: str, resources: Mapping[str, Any]) -> None:
+        api = await self._connect()
+        pod = Pod(self.pod_manifest(name, resources), api=api)
+        # Counted before the call: if the answer is lost, the Pod may exist; the
+        # next refresh forgets it if it does not.
+        record = self.pods[name] = PodRecord(name, time())
+        await self._call(f"create Pod {name}", pod.create())
+        logger.debug("kubernetes backend: created Pod %s", name)
+        record.timer = asyncio.get_running_loop().call_later(
+            self.pending_timeout, self._check_pending_soon, name
+        )
+
+    async def _delete_pod(self, name: str) -> None:
+        api = await self._connect()
+        pod = Pod({"metadata": {"name": name}}, namespace=self.namespace, api=api)
+        try:
+            await self._call(f"delete Pod {name}", pod.delete())
+        except kr8s.NotFoundError:
+            pass
+        self._forget(name)
+        logger.debug("kubernetes backend: deleted Pod %s", name)
+
+    def _forget(self, name: str) -> None:
+        record = self.pods.pop(name, None)
+        if record is not None and record.timer is not None:
+            record.timer.cancel()
+
+    # -- Pending Pods ------------------------------------------------------------------
+
+    def _check_pending_soon(self, name: str) -> None:
+        """Timer callback at a Pod's pending deadline: look at its phase."""
+        task = asyncio.ensure_future(self._check_pending(name))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _check_pending(self, name: str) -> None:
+        record = self.pods.get(name)
+        if record is None or self._closed:
+            return
+        try:
+            api = await self._connect()
+            pod = Pod({"metadata": {"name": name}}, namespace=self.namespace, api=api)
+            await self._call(f"read Pod {name}", pod.refresh())
+        except Exception as e:  # only a report is lost; refresh will look again
+            logger.debug("kubernetes backend: %s", e)
+            return
+        record.phase = _name_and_phase(pod.raw)[1]
+        self._report_if_pending_too_long(record, _why_pending(pod.raw))
+
+    def _report_if_pending_too_long(self, record: PodRecord, why: str = "") -> None:
+        waited = time() - record.created
+        if (
+            record.reported
+            or record.phase != "Pending"
+            or waited < self.pending_timeout
+        ):
+            return
+        record.reported = True
+        event = {
+            "status": "pending",
+            "pods": [record.name],
+            "pending_for": round(waited, 1),
+            "reason": f"Pod {record.name} has been Pending for more than "
+            f"{self.pending_timeout:g}s; it still counts toward the requested "
+            "workers, so no other Pod is created in its place",
+        }
+        if why:
+            event["why"] = why
+        self._record(event)
+
+    # -- the API -----------------------------------------------------------------------
+
+    async def _connect(self) -> Any:
+        """The kr8s API client, made (and authenticated) on first use."""
+        if self._api is None:
+            secrets, server = await asyncio.to_thread(
+                _kubeconfig_facts, self.kubeconfig, self.context
+            )
+            self._secrets |= secrets
+            self._server_url = self.api_url or server
+            api = await self._call(
+                "connect to the Kubernetes API",
+                kr8s.asyncio.api(
+                    url=self.api_url,
+                    kubeconfig=self.kubeconfig,
+                    context=self.context,
+                    namespace=self.namespace_option,
+                ),
+            )
+            if getattr(api.auth, "token", None):
+                self._secrets.add(api.auth.token)
+            api.timeout = self.api_timeout
+            self.namespace = self.namespace_option or api.namespace
+            self._api = api
+        return self._api
+
+    async def _call(self, what: str, awaitable: Awaitable[T]) -> T:
+        """Await one API call within ``api_timeout``; errors say what, not secrets."""
+        try:
+            return await asyncio.wait_for(awaitable, self.api_timeout)
+        except kr8s.NotFoundError:
+            raise
+        except asyncio.TimeoutError:
+            message = f"no answer within {self.api_timeout:g}s"
+        except Exception as e:
+            message = _describe(e)
+        where = self._server()
+        raise KubernetesAPIError(
+            self._scrub(f"Kubernetes API: {what} failed{where}: {message}")
+        ) from None
+
+    def _server(self) -> str:
+        auth = getattr(self._api, "auth", None)
+        server = getattr(auth, "server", None) or self._server_url
+        return f" (API server {server})" if server else ""
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with every known credential and credential-shaped word hidden."""
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        text = SECRET_TEXT.sub(lambda m: f"{m.group(1)}***", text)
+        return URL_USERINFO.sub("***@", text)
+
+    # -- events and clean-up -----------------------------------------------------------
+
+    def _record(self, event: dict[str, Any]) -> None:
+        event = {**event, "backend": "kubernetes"}
+        logger.info("kubernetes backend: %s", event)
+        self.scheduler.log_event("adaptive", event)
+
+    def _cancel_background_work(self) -> None:
+        if self._setup is not None and not self._setup.done():
+            self._setup.cancel()
+        for task in list(self._checks):
+            task.cancel()
+        for record in self.pods.values():
+            if record.timer is not None:
+                record.timer.cancel()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+async def _collect(items: Any) -> list[Any]:
+    """The items of an async iterator, as a list."""
+    return [item async for item in items]
+
+
+async def _all_or_first_error(calls: Iterable[Awaitable[None]]) -> None:
+    """Run ``calls`` together, let all finish, then raise the first error."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def _name_and_phase(pod: Mapping[str, Any]) -> tuple[str, str]:
+    phase = (pod.get("status") or {}).get("phase") or "Pending"
+    return pod["metadata"]["name"], phase
+
+
+def _created_at(pod: Mapping[str, Any]) -> float:
+    """A Pod's creation time as a timestamp (now, if the API did not say)."""
+    stamp = pod["metadata"].get("creationTimestamp")
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except (AttributeError, ValueError):
+        return time()
+
+
+def _why_pending(pod: Mapping[str, Any]) -> str:
+    """The scheduler's message on an unscheduled Pod (``Insufficient cpu``...)."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+        ):
+            return str(condition.get("message") or condition.get("reason") or "")
+    return ""
+
+
+def _describe(error: BaseException) -> str:
+    """An API error in words: the HTTP status and message where there is one."""
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    text = str(error) or type(error).__name__
+    return f"HTTP {status}: {text}" if status else f"{type(error).__name__}: {text}"
+
+
+def _kubeconfig_facts(
+    kubeconfig: str | None, context: str | None
+) -> tuple[set[str], str | None]:
+    """The credentials to hide and the API server's URL, from kubeconfig files.
+
+    Read before the first API call, so that even an error from connecting
+    can be cleaned of every credential; the service account token counts too.
+    """
+    paths = (kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config").split(":")
+    configs = [c for c in map(_read_quietly, paths) if isinstance(c, Mapping)]
+    secrets = {
+        secret
+        for config in configs
+        for user in config.get("users") or []
+        for secret in _secret_values((user or {}).get("user"))
+    }
+    token = _read_quietly(SERVICE_ACCOUNT_TOKEN, parse=False)
+    if isinstance(token, str) and token.strip():
+        secrets.add(token.strip())
+    return {s for s in secrets if len(s) >= 4}, _server_of(configs, context)
+
+
+def _read_quietly(path: str, parse: bool = True) -> Any:
+    """A file's YAML (or text); ``None`` if it cannot be read."""
+    try:
+        with open(os.path.expanduser(path)) as f:
+            return yaml.safe_load(f) if parse else f.read()
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _server_of(configs: list[Mapping[str, Any]], context: str | None) -> str | None:
+    """The API server of ``context`` (default: the current context)."""
+    current = context or next(
+        (c["current-context"] for c in configs if c.get("current-context")), None
+    )
+    contexts = {
+        x.get("name"): x.get("context") or {}
+        for c in configs
+        for x in c.get("contexts") or []
+    }
+    clusters = {
+        x.get("name"): x.get("cluster") or {}
+        for c in configs
+        for x in c.get("clusters") or []
+    }
+    cluster = clusters.get(contexts.get(current, {}).get("cluster"), {})
+    return cluster.get("server")
+
+
+def _secret_values(node: Any, secret: bool = False) -> Iterable[str]:
+    """String values under keys that name secrets, at any depth."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _secret_values(
+                value, secret or bool(SECRET_KEY.search(str(key)))
+            )
+    elif isinstance(node, list):
+        for value in node:
+            yield from _secret_values(value, secret)
+    elif secret and isinstance(node, str):
+        yield node
+
+
+def label_safe_name(text: str) -> str:
+    """``text`` as a Pod-name prefix and label value: ``[a-z0-9-]``, short.
+
+    Examples
+    --------
+    >>> label_safe_name("tcp://10.0.0.5:8786")
+    'tcp-10-0-0-5-8786'
+    """
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if len(name) > MAX_CLUSTER_NAME:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        name = name[: MAX_CLUSTER_NAME - 9].rstrip("-") + "-" + digest
+    return name
+
+
+def default_cluster_name(address: str) -> str:
+    """The cluster name derived from the scheduler's address.
+
+    Examples
+    --------
+    >>> default_cluster_name("tcp://dask-scheduler.jobs:8786")
+    'dask-dask-scheduler-jobs-8786'
+    """
+    location = address.partition("://")[2] or address
+    return label_safe_name("dask-" + location)
+
+
+def _parse_cluster_name(value: Any, address: str) -> str:
+    if value is None:
+        return default_cluster_name(address)
+    name = label_safe_name(value) if isinstance(value, str) else ""
+    if not name:
+        raise invalid(
+            "cluster_name",
+            value,
+            "a non-empty name of letters, digits and '-'",
+            backend_option=True,
+        )
+    return name
+
+
+def _load_pod_template(value: Any) -> dict[str, Any]:
+    """The template Pod, from a mapping or a YAML file, checked."""
+    if value is None:
+        return {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{}]}}
+    if isinstance(value, (str, os.PathLike)):
+        value = _read_yaml("pod_template", value)
+    accepted = "a Pod manifest with spec.containers (a mapping or a YAML file path)"
+    if not isinstance(value, Mapping):
+        raise invalid("pod_template", value, accepted, backend_option=True)
+    pod = copy.deepcopy(dict(value))
+    containers = (pod.get("spec") or {}).get("containers")
+    if not containers or not isinstance(containers, list):
+        raise invalid("pod_template", value, accepted, backend_option=True)
+    if not all(isinstance(c, Mapping) for c in containers):
+        raise invalid("pod_template", value, accepted, backend_option=True)
+    if pod.get("kind", "Pod") != "Pod":
+        raise invalid("pod_template", value, accepted, backend_option=True)
+    pod.update(apiVersion="v1", kind="Pod")
+    return pod
+
+
+def _read_yaml(name: str, path: Any) -> Any:
+    try:
+        with open(os.path.expanduser(path)) as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise invalid(
+            name, str(path), f"a readable YAML file ({e})", backend_option=True
+        ) from None
+
+
+def _apply_container_options(
+    pod: dict[str, Any],
+    image: str | None,
+    resources: dict[str, Any] | None,
+    env: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The template with the image, resources and env options in its container."""
+    container = pod["spec"]["containers"][0]
+    container.setdefault("name", "dask-worker")
+    if image or not container.get("image"):
+        container["image"] = image or DEFAULT_IMAGE
+    if resources is not None:
+        container["resources"] = resources
+    if env:
+        names = {item["name"] for item in env}
+        kept = [
+            item for item in container.get("env") or [] if item.get("name") not in names
+        ]
+        container["env"] = kept + env
+    return pod
+
+
+def _optional_text(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(name, value, "a non-empty string", backend_option=True)
+    return value.strip()
+
+
+def _parse_namespace(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not DNS_LABEL.fullmatch(value):
+        raise invalid(
+            "namespace",
+            value,
+            "a Kubernetes namespace name (lower-case letters, digits and '-')",
+            backend_option=True,
+        )
+    return value
+
+
+def _parse_resources(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    accepted = "a mapping such as {'limits': {'cpu': '1', 'memory': '4Gi'}}"
+    if (
+        not isinstance(value, Mapping)
+        or not set(value) <= {"limits", "requests", "claims"}
+        or not all(isinstance(v, (Mapping, list)) for v in value.values())
+    ):
+        raise invalid("resources", value, accepted, backend_option=True)
+    return copy.deepcopy(dict(value))
+
+
+def _parse_env(value: Any) -> list[dict[str, Any]]:
+    """Environment variables as Kubernetes' list of ``{"name", "value"}``."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping) and all(isinstance(k, str) and k for k in value):
+        return [{"name": k, "value": str(v)} for k, v in value.items()]
+    if isinstance(value, list) and all(
+        isinstance(item, Mapping) and isinstance(item.get("name"), str)
+        for item in value
+    ):
+        return [dict(item) for item in value]
+    raise invalid(
+        "env",
+        value,
+        "a mapping of variable names to values, or a list of {name, value}",
+        backend_option=True,
+    )
+
+
+def _parse_nthreads(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1 or str(n) != str(value).strip():
+        raise invalid("nthreads", value, "a whole number >= 1", backend_option=True)
+    return n
+
+
+def _parse_worker_args(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return shlex.split(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise invalid(
+        "worker_args", value, "a list of strings or one string", backend_option=True
+    )
+
+
+def _parse_duration(name: str, value: Any) -> float:
+    try:
+        return parse_duration(name, value)
+    except ValueError:
+        raise invalid(
+            name, value, "a duration >= 0 such as '60s'", backend_option=True
+        ) from None
