@@ -26,7 +26,8 @@ class Backend:
        :meth:`check_options` to run the same checks before the scheduler starts);
     3. implement :meth:`scale_up` and :meth:`scale_down`, as plain functions or
        coroutines;
-    4. optionally implement :meth:`close` and :meth:`stopped_together`, and
+    4. optionally implement :meth:`close`, :meth:`cancel_pending` and
+       :meth:`stopped_together`, and
        set :attr:`maximum` and :attr:`threads_per_worker` when you know them;
     5. register the class in your package's ``setup.cfg``::
 
@@ -110,6 +111,13 @@ class Backend:
         (``scheduler.workers[address].name`` gives each one's name).
         """
         raise NotImplementedError
+
+    def cancel_pending(self) -> None | Awaitable[None]:
+        """Stop the workers requested that have not connected.
+
+        Called when they are overdue (``start_timeout``); the plugin then asks
+        for workers again, after a back-off. The default does nothing.
+        """
 
     def stopped_together(self, address: str) -> list[str]:
         """The workers that stop with this one (itself included).

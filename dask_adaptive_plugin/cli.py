@@ -34,6 +34,7 @@ def plugin_from_cli(
     adaptive_policy: str | None = None,
     adaptive_idle_timeout: str | None = None,
     adaptive_start_timeout: str | None = None,
+    adaptive_retire_timeout: str | None = None,
     adaptive_option: tuple[str, ...] = (),
     adaptive_policy_option: tuple[str, ...] = (),
 ) -> AdaptivePlugin:
@@ -51,6 +52,7 @@ def plugin_from_cli(
         policy=adaptive_policy,
         idle_timeout=adaptive_idle_timeout,
         start_timeout=adaptive_start_timeout,
+        retire_timeout=adaptive_retire_timeout,
         backend_options=backend_options or None,
         **{k.replace("-", "_"): v for k, v in policy_options.items()},
     )
@@ -75,6 +77,7 @@ class _ValidatingCommand(click.Command):
 @click.option("--adaptive-policy", help="Policy name: adaptive (default) or fixed.")
 @click.option("--adaptive-idle-timeout", help="Idle time before retiring (3s).")
 @click.option("--adaptive-start-timeout", help="Time for a worker to connect (120s).")
+@click.option("--adaptive-retire-timeout", help="Time a retirement may take (60s).")
 @click.option(
     "--adaptive-option",
     multiple=True,

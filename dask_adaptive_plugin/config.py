@@ -139,6 +139,7 @@ class Options:
     maximum: int | None
     idle_timeout: float
     start_timeout: float
+    retire_timeout: float
     backend_options: dict[str, Any]
     policy_options: dict[str, Any]
 
@@ -169,6 +170,7 @@ def resolve_options(
     maximum: Any = None,
     idle_timeout: Any = None,
     start_timeout: Any = None,
+    retire_timeout: Any = None,
     backend_options: Any = None,
     policy_options: Any = None,
 ) -> Options:
@@ -198,6 +200,9 @@ def resolve_options(
         idle_timeout=parse_duration("idle_timeout", _pick("idle_timeout", idle_timeout)),
         start_timeout=parse_duration(
             "start_timeout", _pick("start_timeout", start_timeout)
+        ),
+        retire_timeout=parse_duration(
+            "retire_timeout", _pick("retire_timeout", retire_timeout)
         ),
         backend_options=normalise_options(
             "backend_options", _pick("backend_options", backend_options)

@@ -13,6 +13,7 @@ evaluation after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -35,15 +36,30 @@ logger = logging.getLogger(__name__)
 #: Evaluations are at least this far apart, so that a scheduler busy with
 #: thousands of transitions a second pays for a few hundred evaluations at most.
 MIN_GAP = 0.002
+#: Seconds an action in progress gets to finish when the plugin stops.
+CLOSE_GRACE = 10.0
 BACKOFF_START = 1.0
 BACKOFF_CAP = 60.0
 
 
-async def call_backend(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a backend method that may be a plain function or a coroutine."""
+#: A worker that leaves on its own this soon after it connected has crashed.
+CRASH_WINDOW = 30.0
+#: Consecutive crashes after which no more workers are asked for until new
+#: work is submitted.
+CRASH_LIMIT = 5
+
+
+async def call_backend(
+    method: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any
+) -> Any:
+    """Call a backend method (a plain function or a coroutine), within ``timeout``."""
     result = method(*args, **kwargs)
     if inspect.isawaitable(result):
-        result = await result
+        try:
+            result = await asyncio.wait_for(result, timeout)
+        except asyncio.TimeoutError:
+            name = getattr(method, "__name__", "backend call")
+            raise TimeoutError(f"{name} did not return within {timeout:g}s") from None
     return result
 
 
@@ -64,7 +80,10 @@ class Controller:
         Called with each decision's record (a dict with ``status`` and
         ``reason``); the plugin keeps it in its log and as an event.
     start_timeout
-        Seconds after which workers requested but not connected are given up on.
+        Seconds after which workers requested but not connected are given up
+        on; it also bounds every backend call.
+    retire_timeout
+        Seconds a retirement may take before it is aborted and the workers kept.
     """
 
     def __init__(
@@ -75,6 +94,7 @@ class Controller:
         backend: Backend,
         record: Callable[[dict[str, Any]], None],
         start_timeout: float,
+        retire_timeout: float = 60.0,
     ) -> None:
         self.scheduler = scheduler
         self.stats = stats
@@ -82,12 +102,17 @@ class Controller:
         self.backend = backend
         self.record = record
         self.start_timeout = start_timeout
+        self.retire_timeout = retire_timeout
         self.loop = asyncio.get_running_loop()
         #: Workers requested from the backend that have not connected yet.
         self.pending = 0
         self.pending_since = 0.0
         self.failures = 0
         self.not_before = 0.0
+        #: When each worker connected, to tell a crash from a long life.
+        self.arrivals: dict[str, float] = {}
+        self.retiring: set[str] = set()
+        self.crashes = 0
         self.last_evaluation = -math.inf
         self.evaluations = 0
         self.closed = False
@@ -111,9 +136,35 @@ class Controller:
         else:
             self._soon = self.loop.call_later(delay, self._evaluate)
 
-    def worker_arrived(self) -> None:
+    def worker_arrived(self, address: str, now: float) -> None:
+        self.arrivals[address] = now
         if self.pending:
             self.pending -= 1
+            # Only an arrival proves that asking for workers works: a scale_up
+            # call that returns is not enough to end a back-off.
+            self._succeeded()
+
+    def worker_left(self, address: str, now: float) -> None:
+        """A worker left: count it as a crash if it left early and on its own."""
+        arrived = self.arrivals.pop(address, None)
+        if address in self.retiring or arrived is None:
+            return
+        lifetime = now - arrived
+        if lifetime > CRASH_WINDOW:
+            self.crashes = 0
+            return
+        self.crashes += 1
+        self._failed(
+            "worker",
+            RuntimeError(f"{address} exited {lifetime:.1f}s after it connected"),
+            now,
+        )
+
+    def new_work(self) -> None:
+        """A graph arrived: a user wants work done, so crashes are forgiven."""
+        if self.crashes >= CRASH_LIMIT:
+            self.crashes = 0
+            self._succeeded()
 
     # -- scheduling ----------------------------------------------------------------
 
@@ -134,11 +185,16 @@ class Controller:
         if self.closed or self._action is not None:
             return
         now = time()
+        if self.pending and now > self.pending_since + self.start_timeout:
+            self._start(self._give_up_pending())
+            return
         try:
             decision = self.decide(now)
         except Exception as e:
             self._failed("decide", e, now)
             return
+        if decision.status == "up" and self.crashes >= CRASH_LIMIT:
+            return  # until new work arrives: see new_work
         if decision.status == "up":
             self._start(self._scale_up(decision))
         elif decision.status == "down":
@@ -153,16 +209,6 @@ class Controller:
         if stats.needs_reseed:
             stats.reseed(now)
         stats.recheck_some_busy(now)
-        if self.pending and now > self.pending_since + self.start_timeout:
-            self.record(
-                {
-                    "status": "overdue",
-                    "n": self.pending,
-                    "reason": f"requested workers did not connect within "
-                    f"{self.start_timeout:g}s; asking again",
-                }
-            )
-            self.pending = 0
         snapshot = stats.snapshot(
             pending=self.pending,
             threads_per_worker=getattr(self.backend, "threads_per_worker", 1) or 1,
@@ -209,52 +255,55 @@ class Controller:
         # Counted before the call: workers may connect while it runs.
         self.pending, self.pending_since = decision.n - workers, time()
         try:
-            await call_backend(self.backend.scale_up, decision.n, **decision.kwargs)
+            await call_backend(
+                self.backend.scale_up,
+                decision.n,
+                timeout=self.start_timeout,
+                **decision.kwargs,
+            )
         except Exception as e:
             self.pending = before
             self._failed("scale_up", e, time())
             return False
-        self._succeeded()
         return True
 
     async def _scale_down(self, decision: Decision) -> bool:
-        workers = self.retirable(decision.workers)
+        eligible = self.retirable(decision.workers)
         now = time()
-        for address in set(decision.workers) - set(workers):
+        for address in set(decision.workers) - set(eligible):
             # Not retirable now: restart its idle clock, so it is not picked
             # again before another idle timeout has passed.
             if self.stats.idle.pop(address, None) is not None:
                 self.stats.idle[address] = now
+        # A worker whose batch-job mates are not idle long enough yet keeps its
+        # clock: the policy picks them together once they all are.
+        workers = self._whole_units(eligible)
         if not workers:
             return False
         for address in workers:
             self.stats.idle.pop(address, None)
+        self.retiring.update(workers)
+        try:
+            return await self._retire(workers, decision.reason)
+        finally:
+            self.retiring.difference_update(workers)
+
+    async def _retire(self, workers: list[str], reason: str) -> bool:
+        """Move the workers' data away, then have the backend stop them."""
         stimulus_id = f"adaptive-retire-{time()}"
-        retired = list(
-            await self.scheduler.retire_workers(
-                workers=workers,
-                close_workers=False,
-                remove=False,
-                stimulus_id=stimulus_id,
-            )
-        )
+        retired, why_kept = await self._move_data_away(workers, stimulus_id)
         kept = sorted(set(workers) - set(retired))
         for address in kept:
             self.stats.idle[address] = time()
         if kept:
-            self.record(
-                {
-                    "status": "kept",
-                    "workers": kept,
-                    "reason": "retirement aborted: their data could not be "
-                    "moved to another worker",
-                }
-            )
+            self.record({"status": "kept", "workers": kept, "reason": why_kept})
         if not retired:
             return False
-        self.record({"status": "down", "workers": retired, "reason": decision.reason})
+        self.record({"status": "down", "workers": retired, "reason": reason})
         try:
-            await call_backend(self.backend.scale_down, retired)
+            await call_backend(
+                self.backend.scale_down, retired, timeout=self.start_timeout
+            )
         except Exception as e:
             self._failed("scale_down", e, time())
         else:
@@ -262,6 +311,68 @@ class Controller:
         finally:
             await self._remove_from_scheduler(retired, stimulus_id)
         return True
+
+    async def _move_data_away(
+        self, workers: list[str], stimulus_id: str
+    ) -> tuple[list[str], str]:
+        """``Scheduler.retire_workers``, bounded by ``retire_timeout``.
+
+        Returns the workers whose data is safe elsewhere, and why the others
+        are kept. distributed's retirement has no timeout of its own; one that
+        hangs is cancelled and the workers return to the running state.
+        """
+        try:
+            retired = await asyncio.wait_for(
+                self.scheduler.retire_workers(
+                    workers=workers,
+                    close_workers=False,
+                    remove=False,
+                    stimulus_id=stimulus_id,
+                ),
+                self.retire_timeout,
+            )
+        except asyncio.TimeoutError:
+            self._resume_workers(workers, stimulus_id)
+            return [], (
+                f"retirement did not finish within {self.retire_timeout:g}s; "
+                "the workers keep their data and their work"
+            )
+        return list(retired), "retirement aborted: their data could not be moved"
+
+    def _resume_workers(self, workers: list[str], stimulus_id: str) -> None:
+        """Undo an unfinished retirement, as the scheduler does when it aborts one."""
+        amm = self.scheduler.extensions.get("amm")
+        for policy in list(getattr(amm, "policies", ())):
+            if getattr(policy, "address", None) in workers:
+                amm.policies.discard(policy)  # type: ignore[union-attr]
+        for address in workers:
+            ws = self.scheduler.workers.get(address)
+            if ws is None or ws.status != Status.closing_gracefully:
+                continue
+            self.scheduler.handle_worker_status_change(Status.running, ws, stimulus_id)
+            self.scheduler.stream_comms[address].send(
+                {
+                    "op": "worker-status-change",
+                    "status": Status.running.name,
+                    "stimulus_id": stimulus_id,
+                }
+            )
+
+    async def _give_up_pending(self) -> bool:
+        """Requested workers are overdue: cancel them and ask again, after back-off."""
+        overdue, self.pending = self.pending, 0
+        cancel = getattr(self.backend, "cancel_pending", None)
+        error: Exception = TimeoutError(
+            f"{overdue} requested workers did not connect within "
+            f"{self.start_timeout:g}s"
+        )
+        if cancel is not None:
+            try:
+                await call_backend(cancel, timeout=self.start_timeout)
+            except Exception as e:
+                error = RuntimeError(f"{error}; cancelling them failed: {e}")
+        self._failed("start", error, time())
+        return False
 
     def retirable(self, candidates: tuple[str, ...] | list[str]) -> list[str]:
         """Of ``candidates``, those that may be retired right now.
@@ -281,7 +392,7 @@ class Controller:
         ]
         for plugin in list(self.scheduler.plugins.values()):
             wss = plugin.valid_workers_downscaling(self.scheduler, wss)
-        return self._whole_units([ws.address for ws in wss])
+        return [ws.address for ws in wss]
 
     def _whole_units(self, addresses: list[str]) -> list[str]:
         """Keep only workers whose whole unit (a batch job) can go."""
@@ -302,19 +413,31 @@ class Controller:
     # -- failures ---------------------------------------------------------------------
 
     def _failed(self, what: str, error: BaseException, now: float) -> None:
+        """Record a failure and wait longer after each one in a row.
+
+        Crashes count on their own: asking for workers succeeds while the
+        workers keep dying, and that must slow down too.
+        """
         self.failures += 1
-        delay = min(BACKOFF_CAP, BACKOFF_START * 2 ** (self.failures - 1))
+        count = self.crashes if what == "worker" else self.failures
+        delay = min(BACKOFF_CAP, BACKOFF_START * 2 ** (count - 1))
         self.not_before = now + delay
         logger.warning("adaptive: %s failed (retry in %gs): %r", what, delay, error)
         self._set_timer(self.not_before)
+        reason = f"{what} failed; retrying after back-off"
+        if self.crashes >= CRASH_LIMIT:
+            reason = (
+                f"{self.crashes} workers in a row exited soon after starting; "
+                "no more are asked for until new work is submitted"
+            )
         self.record(
             {
                 "status": "error",
                 "action": what,
                 "error": f"{type(error).__name__}: {error}",
-                "failures": self.failures,
+                "failures": count,
                 "retry_in": delay,
-                "reason": f"{what} failed; retrying after back-off",
+                "reason": reason,
             }
         )
 
@@ -329,14 +452,20 @@ class Controller:
         self.poke()
 
     async def close(self) -> None:
-        """Stop acting: cancel timers and any action in progress."""
+        """Stop acting: cancel timers; let an action in progress finish.
+
+        Cancelling a backend call half-way could leave a worker half-stopped,
+        so it gets ``CLOSE_GRACE`` seconds before it is cancelled.
+        """
         self.closed = True
         for handle in (self._soon, self._timer):
             if handle is not None:
                 handle.cancel()
-        if self._action is not None:
-            self._action.cancel()
-            try:
-                await self._action
-            except BaseException:
-                pass
+        action = self._action
+        if action is None:
+            return
+        await asyncio.wait({action}, timeout=CLOSE_GRACE)
+        if not action.done():
+            action.cancel()
+        with contextlib.suppress(BaseException):
+            await action

@@ -59,7 +59,10 @@ class AdaptivePlugin(SchedulerPlugin):
         Keyword arguments for the backend; keys may be kebab-case.
     start_timeout
         How long requested workers may take to connect before they are asked
-        for again.
+        for again; it also bounds each backend call.
+    retire_timeout
+        How long a retirement may take before it is given up and the workers
+        are kept.
     **policy_options
         Keyword arguments for the policy, such as ``target_duration="5s"``.
 
@@ -85,6 +88,7 @@ class AdaptivePlugin(SchedulerPlugin):
         idle_timeout: str | float | None = None,
         backend_options: dict[str, Any] | None = None,
         start_timeout: str | float | None = None,
+        retire_timeout: str | float | None = None,
         **policy_options: Any,
     ) -> None:
         self._arguments = dict(
@@ -95,6 +99,7 @@ class AdaptivePlugin(SchedulerPlugin):
             idle_timeout=idle_timeout,
             backend_options=backend_options,
             start_timeout=start_timeout,
+            retire_timeout=retire_timeout,
             **policy_options,
         )
         self.options = resolve_options(
@@ -104,6 +109,7 @@ class AdaptivePlugin(SchedulerPlugin):
             maximum=maximum,
             idle_timeout=idle_timeout,
             start_timeout=start_timeout,
+            retire_timeout=retire_timeout,
             backend_options=backend_options,
             policy_options=policy_options,
         )
@@ -190,6 +196,7 @@ class AdaptivePlugin(SchedulerPlugin):
             self.backend,
             self._record,
             self.options.start_timeout,
+            self.options.retire_timeout,
         )
         self.controller.start()
         logger.info(
@@ -240,15 +247,23 @@ class AdaptivePlugin(SchedulerPlugin):
             self._hook_failed("transition")
 
     def update_graph(self, scheduler: Scheduler, **kwargs: Any) -> None:
-        self._poke("update_graph")
+        controller = self.controller
+        if controller is None:
+            return
+        try:
+            controller.new_work()
+            controller.poke()
+        except Exception:
+            self._hook_failed("update_graph")
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         stats, controller = self.stats, self.controller
         if controller is None:
             return
         try:
-            stats.worker_added(worker, time())  # type: ignore[union-attr]
-            controller.worker_arrived()
+            now = time()
+            stats.worker_added(worker, now)  # type: ignore[union-attr]
+            controller.worker_arrived(worker, now)
             controller.poke()
         except Exception:
             self._hook_failed("add_worker")
@@ -259,6 +274,7 @@ class AdaptivePlugin(SchedulerPlugin):
             return
         try:
             stats.worker_removed(worker)  # type: ignore[union-attr]
+            controller.worker_left(worker, time())
             controller.poke()
         except Exception:
             self._hook_failed("remove_worker")

@@ -186,7 +186,9 @@ class AdaptivePolicy(Policy):
         )
         if workers:
             reason = f"idle for {self.idle_timeout:g}s and not needed ({why})"
-            return Decision("down", workers=tuple(workers), reason=reason)
+            return Decision(
+                "down", workers=tuple(workers), reason=reason, deadline=deadline
+            )
         return Decision("hold", reason=why, deadline=deadline)
 
     def workers_needed(self, s: Snapshot) -> tuple[int, str]:

@@ -110,6 +110,13 @@ def test_idle_workers_retire_after_the_timeout_only():
     assert sorted(late.workers) == ["w0", "w1", "w2"]
 
 
+def test_retiring_some_names_when_the_next_idle_worker_expires():
+    s = Snapshot(**{**idle_cluster(2), "idle": {"w0": 100.0, "w1": 101.0}})
+    d = AdaptivePolicy(idle_timeout=10).decide(s, now=110)
+    assert d.workers == ("w0",)
+    assert d.deadline == 111  # so that a refused worker is looked at again
+
+
 def test_minimum_is_kept_when_retiring():
     s = Snapshot(**idle_cluster(5))
     d = AdaptivePolicy(minimum=2, idle_timeout=1).decide(s, now=10)

@@ -102,6 +102,12 @@ class LocalBackend(Backend):
         names = [str(known[a].name) for a in workers if a in known]
         await asyncio.gather(*(self._stop(name) for name in names))
 
+    async def cancel_pending(self) -> None:
+        """Stop the processes whose worker never connected."""
+        connected = {str(ws.name) for ws in self.scheduler.workers.values()}
+        late = [name for name in self.processes if name not in connected]
+        await asyncio.gather(*(self._stop(name) for name in late))
+
     async def close(self) -> None:
         await asyncio.gather(*(self._stop(name) for name in list(self.processes)))
 

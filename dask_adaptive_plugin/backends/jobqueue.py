@@ -1,0 +1,689 @@
+"""Backends for HPC job queues, built on dask-jobqueue's job classes.
+
+One class, :class:`JobQueueBackend`, does the work; each system's subclass
+names its dask-jobqueue job class and the command that lists its queue:
+
+=========================  ==========================  ===========================
+backend (entry point)      job class                   queue state from
+=========================  ==========================  ===========================
+``slurm``                  ``SLURMJob``                ``squeue``
+``pbs``                    ``PBSJob``                  ``qstat``
+``sge``                    ``SGEJob``                  ``qstat``
+``lsf``                    ``LSFJob``                  ``bjobs``
+``htcondor``               ``HTCondorJob``             ``condor_q``
+``oar``                    ``OARJob``                  ``oarstat``
+``moab``                   ``MoabJob``                 ``qstat``
+=========================  ==========================  ===========================
+
+dask-jobqueue writes the job script (``job.job_script()``), knows the submit
+and cancel commands and reads the job id from the submit command's output.
+Its own ``Job.start()`` is a coroutine, but it submits through its private
+``Job._call`` helper, which has no timeout (a hung ``sbatch`` would stall the
+backend for ever) and pipes LSF scripts through a shell; so this module runs
+every command through :func:`dask_adaptive_plugin.shell.run_command` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import inspect
+import itertools
+import json
+import logging
+import math
+import shlex
+import uuid
+from dataclasses import dataclass
+from time import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import dask
+from dask.utils import parse_bytes
+
+from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.config import invalid, parse_duration
+from dask_adaptive_plugin.shell import CommandError, run_command
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+
+try:
+    from dask_jobqueue.core import Job
+    from dask_jobqueue.htcondor import HTCondorJob
+    from dask_jobqueue.lsf import LSFJob
+    from dask_jobqueue.moab import MoabJob
+    from dask_jobqueue.oar import OARJob
+    from dask_jobqueue.pbs import PBSJob
+    from dask_jobqueue.sge import SGEJob
+    from dask_jobqueue.slurm import SLURMJob
+except ImportError as e:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "the job-queue backends need dask-jobqueue: "
+        "pip install 'dask-adaptive-plugin[jobqueue]'"
+    ) from e
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a submitted job may be missing from the queue listing before it is
+#: taken as gone (some systems list a new job only after a moment).
+LISTING_GRACE = 10.0
+#: Seconds between checks for overdue pending jobs when a check failed.
+RETRY_CHECK = 30.0
+
+#: Job-class arguments that are deprecated aliases of others, or that the
+#: backend sets itself.
+_NOT_OPTIONS = frozenset(
+    {"self", "scheduler", "name", "extra", "job_extra", "env_extra", "header_skip"}
+)
+
+
+@dataclass
+class BatchJob:
+    """One job this backend submitted.
+
+    Attributes
+    ----------
+    job_id
+        The id the queue gave it.
+    name
+        The worker name given to ``dask worker --name``.
+    workers
+        The names its workers will have: ``name`` for one process, else
+        ``name-0``, ``name-1``... (``dask worker --nworkers``).
+    submitted
+        When it was submitted (``time.time()``).
+    pending
+        Whether the queue last listed it as waiting (not started).
+    reported
+        Whether it has been reported as pending too long.
+    """
+
+    job_id: str
+    name: str
+    workers: tuple[str, ...]
+    submitted: float
+    pending: bool = True
+    reported: bool = False
+
+
+class JobQueueBackend(Backend):
+    """Start workers as batch jobs through a dask-jobqueue job class.
+
+    Each job runs ``processes`` workers; the plugin's ``minimum`` and
+    ``maximum`` count workers, and ``scale_up(n)`` submits
+    ``ceil(missing / processes)`` jobs, so up to ``processes - 1`` more workers
+    than asked for may start. A job's workers are retired together
+    (:meth:`stopped_together`) and its job cancelled as a whole.
+
+    Jobs waiting in the queue count as workers on their way: they are never
+    submitted twice and never cancelled to submit others. When the plugin
+    retires workers, jobs still waiting are cancelled too (the cluster has more
+    than it needs). A job waiting longer than ``pending_timeout`` is reported
+    as an event on topic ``"adaptive"`` and, with ``resubmit_pending``,
+    cancelled and submitted again. :meth:`close` cancels every job it submitted.
+
+    Parameters
+    ----------
+    scheduler
+        The scheduler the workers connect to (``scheduler.address``).
+    pending_timeout
+        How long a job may wait in the queue before it is reported
+        (default ``"10m"``).
+    resubmit_pending
+        Cancel and resubmit a job that waited longer than ``pending_timeout``
+        (default ``False``).
+    **job_options
+        Arguments of the dask-jobqueue job class: ``cores``, ``memory``,
+        ``processes``, ``queue``, ``account``, ``walltime``,
+        ``job_extra_directives``, ``python``, ``interface``,
+        ``worker_extra_args``, ``log_directory``... Those not given come from
+        dask-jobqueue's config ``jobqueue.<system>`` (``cores`` and ``memory``
+        must be set in one or the other). Task resources asked for through
+        ``scale_up`` keyword arguments are not passed on: give workers their
+        resources with ``worker_extra_args=["--resources", "GPU=1"]``.
+    """
+
+    #: The dask-jobqueue job class; set by each system's subclass.
+    job_cls: ClassVar[type[Job]]
+    #: Lists this user's jobs; ``{user}`` is replaced by the user name.
+    status_command: ClassVar[tuple[str, ...]] = ()
+    #: Column (0-based, negative from the end) of the job state in its output.
+    state_column: ClassVar[int] = 1
+    #: States that mean "waiting in the queue, not started".
+    pending_states: ClassVar[frozenset[str]] = frozenset()
+    #: States of jobs that are ending or ended but still listed: taken as gone.
+    finished_states: ClassVar[frozenset[str]] = frozenset()
+    #: Exit codes of ``status_command`` that still mean "here is the list".
+    status_exit_ok: ClassVar[frozenset[int]] = frozenset({0})
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        pending_timeout: Any = "10m",
+        resubmit_pending: Any = False,
+        **job_options: Any,
+    ) -> None:
+        self.scheduler = scheduler
+        self.system = self.job_cls.config_name
+        self.pending_timeout = _parse_pending_timeout(pending_timeout)
+        self.resubmit_pending = _parse_bool("resubmit_pending", resubmit_pending)
+        self.job_options = self._check_job_options(job_options)
+        self._template = self._make_job(scheduler.address, "template", job_options)
+        self.processes = _check_processes(self._template)
+        self.threads_per_worker = self._template.worker_process_threads
+        self.jobs: dict[str, BatchJob] = {}
+        self._job_of_worker: dict[str, BatchJob] = {}
+        self._lock = asyncio.Lock()
+        self._check_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        prefix = f"{self.system}-{uuid.uuid4().hex[:8]}"
+        self._names = (f"{prefix}-{i}" for i in itertools.count())
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Check option names and values before the scheduler starts."""
+        super().check_options(**options)
+        _parse_pending_timeout(options.pop("pending_timeout", "10m"))
+        _parse_bool("resubmit_pending", options.pop("resubmit_pending", False))
+        cls._check_job_options(options)
+        options.pop("log_directory", None)  # the job class would create it
+        _check_processes(cls._make_job("tcp://scheduler:8786", "check", options))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "job_cls" in cls.__dict__:
+            cls.__signature__ = _backend_signature(cls)  # type: ignore[attr-defined]
+
+    # -- the plugin's calls ------------------------------------------------------------
+
+    async def scale_up(self, n: int, **resources: Any) -> None:
+        """Submit jobs until ``n`` workers are connected or on their way."""
+        async with self._lock:
+            await self._refresh()
+            await self._handle_overdue()
+            missing = n - self._workers_counted()
+            for _ in range(math.ceil(missing / self.processes)):
+                await self._submit()
+            self._schedule_check()
+
+    async def scale_down(self, workers: list[str]) -> None:
+        """Cancel the jobs of these workers, and every job still waiting."""
+        async with self._lock:
+            await self._refresh()
+            waiting = [job for job in self.jobs.values() if job.pending]
+            if waiting:
+                self._report_cancelled_waiting(waiting)
+            # waiting jobs first: cancelling running ones frees room they could take
+            await self._cancel(waiting + self._jobs_of(workers))
+            self._schedule_check()
+
+    def stopped_together(self, address: str) -> list[str]:
+        """The connected workers of this worker's job (itself included)."""
+        ws = self.scheduler.workers.get(address)
+        job = self._job_of_worker.get(str(ws.name)) if ws is not None else None
+        if job is None:
+            return [address]
+        aliases = self.scheduler.aliases
+        return [aliases[name] for name in job.workers if name in aliases]
+
+    async def close(self) -> None:
+        """Cancel every job this backend submitted."""
+        self._closed = True
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+        async with self._lock:
+            try:
+                await self._cancel(list(self.jobs.values()))
+            except CommandError as e:
+                # the scheduler is closing: say which jobs may be left behind
+                logger.error(
+                    "%s backend: could not cancel jobs %s; cancel them by hand: %s",
+                    self.system, ", ".join(self.jobs), e,
+                )  # fmt: skip
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    @classmethod
+    def _make_job(cls, address: str, name: str, options: dict[str, Any]) -> Job:
+        """A dask-jobqueue job for one worker name (its script is not submitted)."""
+        try:
+            return cls.job_cls(scheduler=address, name=name, **options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"invalid options for the {cls.job_cls.config_name} backend "
+                f"({sorted(options)}): {e}"
+            ) from e
+
+    def _submit_command(
+        self, job: Job, script_path: str
+    ) -> tuple[list[str], str | None]:
+        """The command that submits ``job`` and the text for its standard input."""
+        return shlex.split(job.submit_command) + [script_path], None
+
+    async def _submit(self) -> BatchJob:
+        name = next(self._names)
+        job = self._make_job(self.scheduler.address, name, self.job_options)
+        with job.job_file() as path:
+            cmd, stdin = self._submit_command(job, path)
+            out = await run_command(cmd, stdin=stdin)
+        record = BatchJob(
+            job_id=job._job_id_from_submit_output(out),
+            name=name,
+            workers=_worker_names(name, self.processes),
+            submitted=time(),
+        )
+        self._remember(record)
+        logger.info(
+            "%s backend: submitted job %s (%s)", self.system, record.job_id, name
+        )
+        return record
+
+    async def _cancel(self, jobs: list[BatchJob]) -> None:
+        """Cancel these jobs; a job that has already left the queue is no error."""
+        if not jobs:
+            return
+        ids = list(dict.fromkeys(job.job_id for job in jobs))
+        # HTCondor's job class builds its cancel command per instance
+        cancel = shlex.split(self._template.cancel_command)
+        try:
+            await run_command(cancel + ids)
+        except CommandError:
+            listed = await self.queue_state()
+            if any(job_id in listed for job_id in ids):
+                raise
+        for job in jobs:
+            self._forget(job)
+        logger.info("%s backend: cancelled jobs %s", self.system, ", ".join(ids))
+
+    def _remember(self, job: BatchJob) -> None:
+        self.jobs[job.job_id] = job
+        for worker in job.workers:
+            self._job_of_worker[worker] = job
+
+    def _forget(self, job: BatchJob) -> None:
+        self.jobs.pop(job.job_id, None)
+        for worker in job.workers:
+            self._job_of_worker.pop(worker, None)
+
+    def _jobs_of(self, addresses: list[str]) -> list[BatchJob]:
+        known = self.scheduler.workers
+        names = [str(known[a].name) for a in addresses if a in known]
+        jobs = {}
+        for name in names:
+            job = self._job_of_worker.get(name)
+            if job is None:
+                logger.warning("%s backend: worker %s is not ours", self.system, name)
+            else:
+                jobs[job.job_id] = job
+        return list(jobs.values())
+
+    def _workers_counted(self) -> int:
+        """Connected workers, plus those of our jobs that have not connected yet."""
+        aliases = self.scheduler.aliases
+        on_their_way = sum(
+            name not in aliases for job in self.jobs.values() for name in job.workers
+        )
+        return len(self.scheduler.workers) + on_their_way
+
+    # -- the queue ----------------------------------------------------------------------
+
+    async def queue_state(self) -> dict[str, bool]:
+        """This user's jobs in the queue: job id -> whether it is still waiting."""
+        cmd = [part.format(user=getpass.getuser()) for part in self.status_command]
+        try:
+            out = await run_command(cmd)
+        except CommandError as e:
+            if e.returncode not in self.status_exit_ok:
+                raise
+            out = e.stdout
+        return self.parse_queue_state(out)
+
+    def parse_queue_state(self, out: str) -> dict[str, bool]:
+        """Read the status command's output: job id -> waiting (not started)."""
+        state = {}
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) < 2 or not fields[0][:1].isdigit():
+                continue  # a header, a separator, a message
+            job_id, status = fields[0].split(".")[0], fields[self.state_column]
+            if status not in self.finished_states:
+                state[job_id] = status in self.pending_states
+        return state
+
+    async def _refresh(self) -> None:
+        """Update our jobs from the queue; forget those that have left it."""
+        listed = await self.queue_state()
+        now = time()
+        for job in list(self.jobs.values()):
+            if job.job_id in listed:
+                job.pending = listed[job.job_id]
+            elif now - job.submitted > LISTING_GRACE:
+                logger.info("%s backend: job %s has ended", self.system, job.job_id)
+                self._forget(job)
+
+    # -- jobs that wait too long -----------------------------------------------------------
+
+    def _overdue(self, now: float) -> list[BatchJob]:
+        return [
+            job
+            for job in self.jobs.values()
+            if job.pending
+            and not job.reported
+            and now - job.submitted >= self.pending_timeout
+        ]
+
+    async def _handle_overdue(self) -> None:
+        now = time()
+        for job in self._overdue(now):
+            job.reported = True
+            action = "resubmitted" if self.resubmit_pending else "left in the queue"
+            self.scheduler.log_event(
+                "adaptive",
+                {
+                    "status": "job-pending",
+                    "backend": self.system,
+                    "job_id": job.job_id,
+                    "name": job.name,
+                    "pending_for": round(now - job.submitted, 1),
+                    "action": action,
+                    "reason": f"job waited in the queue longer than pending_timeout "
+                    f"{self.pending_timeout:g}s; {action}",
+                },
+            )
+            logger.warning(
+                "%s backend: job %s pending for %.0fs; %s",
+                self.system, job.job_id, now - job.submitted, action,
+            )  # fmt: skip
+            if self.resubmit_pending:
+                await self._cancel([job])
+                await self._submit()
+
+    def _schedule_check(self, delay: float | None = None) -> None:
+        """A timer for the next job that may become overdue (no polling otherwise)."""
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+            self._check_timer = None
+        if self._closed:
+            return
+        if delay is None:
+            waiting = [
+                job.submitted + self.pending_timeout
+                for job in self.jobs.values()
+                if job.pending and not job.reported
+            ]
+            if not waiting:
+                return
+            delay = max(1.0, min(waiting) - time())
+        loop = asyncio.get_running_loop()
+        self._check_timer = loop.call_later(
+            delay, lambda: asyncio.ensure_future(self._check_overdue())
+        )
+
+    async def _check_overdue(self) -> None:
+        self._check_timer = None
+        if self._closed:
+            return
+        async with self._lock:
+            try:
+                await self._refresh()
+                await self._handle_overdue()
+            except Exception as e:
+                logger.warning(
+                    "%s backend: checking pending jobs failed: %s", self.system, e
+                )
+                self.scheduler.log_event(
+                    "adaptive",
+                    {
+                        "status": "error",
+                        "action": "check pending jobs",
+                        "error": f"{type(e).__name__}: {e}",
+                        "reason": f"{self.system} backend: retrying in {RETRY_CHECK:g}s",
+                    },
+                )
+                self._schedule_check(RETRY_CHECK)
+            else:
+                self._schedule_check()
+
+    def _report_cancelled_waiting(self, jobs: list[BatchJob]) -> None:
+        self.scheduler.log_event(
+            "adaptive",
+            {
+                "status": "jobs-cancelled",
+                "backend": self.system,
+                "job_ids": [job.job_id for job in jobs],
+                "reason": "workers are being retired, so jobs still waiting in "
+                "the queue are not needed",
+            },
+        )
+
+    # -- options ----------------------------------------------------------------------------
+
+    @classmethod
+    def job_option_names(cls) -> list[str]:
+        """The job-class arguments this backend takes as options."""
+        names: dict[str, None] = {}
+        for klass in cls.job_cls.__mro__:
+            if not (isinstance(klass, type) and issubclass(klass, Job)):
+                continue
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                    names.setdefault(p.name)
+        return [name for name in names if name not in _NOT_OPTIONS]
+
+    @classmethod
+    def _check_job_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        system = cls.job_cls.config_name
+        unknown = sorted(set(options) - set(cls.job_option_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for the {system} backend; it "
+                f"takes pending_timeout, resubmit_pending and the arguments of "
+                f"dask-jobqueue's {cls.job_cls.__name__}: "
+                f"{', '.join(cls.job_option_names())}"
+            )
+        _check_cores_and_memory(options)
+        section = options.get("config_name") or system
+        for name in ("cores", "memory"):
+            configured = dask.config.get(f"jobqueue.{section}.{name}", default=None)
+            if options.get(name) is None and configured is None:
+                raise invalid(
+                    name,
+                    options.get(name),
+                    f"the {name} of one job, e.g. --adaptive-option "
+                    f"{name}={'4' if name == 'cores' else '16GB'} "
+                    f"(or dask config jobqueue.{section}.{name})",
+                    backend_option=True,
+                )
+        return options
+
+
+def _backend_signature(cls: type[JobQueueBackend]) -> inspect.Signature:
+    """``(scheduler, pending_timeout, resubmit_pending, *, <job options>)``.
+
+    The plugin checks backend options against the class's signature before the
+    scheduler starts; this makes that check name the job class's arguments.
+    """
+    own = list(inspect.signature(JobQueueBackend.__init__).parameters.values())[1:-1]
+    job = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for name in cls.job_option_names()
+    ]
+    return inspect.Signature(own + job)
+
+
+def _worker_names(name: str, processes: int) -> tuple[str, ...]:
+    # dask worker --name NAME --nworkers N names them NAME-0 ... NAME-(N-1)
+    if processes == 1:
+        return (name,)
+    return tuple(f"{name}-{i}" for i in range(processes))
+
+
+def _check_cores_and_memory(options: dict[str, Any]) -> None:
+    cores, memory = options.get("cores"), options.get("memory")
+    if cores is not None and (
+        not isinstance(cores, int) or isinstance(cores, bool) or cores < 1
+    ):
+        raise invalid("cores", cores, "a whole number >= 1", backend_option=True)
+    if memory is not None:
+        try:
+            parse_bytes(memory)
+        except (TypeError, ValueError):
+            raise invalid(
+                "memory", memory, "a size such as '16GB'", backend_option=True
+            ) from None
+
+
+def _check_processes(job: Job) -> int:
+    processes, cores = job.worker_processes, job.worker_cores
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise invalid(
+            "processes", processes, "a whole number >= 1", backend_option=True
+        )
+    if processes > cores:
+        raise invalid(
+            "processes",
+            processes,
+            f"at most cores ({cores}): each worker process needs a thread",
+            backend_option=True,
+        )
+    return processes
+
+
+def _parse_pending_timeout(value: Any) -> float:
+    try:
+        return parse_duration("pending_timeout", value)
+    except ValueError:
+        raise invalid(
+            "pending_timeout",
+            value,
+            "a duration such as '10m' or '600s'",
+            backend_option=True,
+        ) from None
+
+
+def _parse_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise invalid(name, value, "true or false", backend_option=True)
+
+
+# -- the systems ---------------------------------------------------------------------------
+
+
+class SLURMBackend(JobQueueBackend):
+    """Workers as SLURM jobs (``sbatch``, ``squeue``, ``scancel``)."""
+
+    job_cls = SLURMJob
+    status_command = ("squeue", "--noheader", "--user={user}", "--format=%i %t")
+    pending_states = frozenset({"PD"})
+    # completing, completed, cancelled, failed, timeout... (squeue lists some)
+    finished_states = frozenset(
+        {"CG", "CD", "CA", "F", "TO", "NF", "PR", "OOM", "BF", "DL"}
+    )
+
+
+class PBSBackend(JobQueueBackend):
+    """Workers as PBS / Torque jobs (``qsub``, ``qstat``, ``qdel``)."""
+
+    job_cls = PBSJob
+    # default format: Job id, Name, User, Time Use, S, Queue
+    status_command = ("qstat",)
+    state_column = -2
+    pending_states = frozenset({"Q", "H", "W", "T"})
+    # exiting, completed (kept listed for a while), finished
+    finished_states = frozenset({"E", "C", "F"})
+    # Torque's qstat (and Slurm's qstat wrapper) exit 153 when no job is listed
+    status_exit_ok = frozenset({0, 153})
+
+
+class MoabBackend(PBSBackend):
+    """Workers as Moab jobs (``msub``, ``canceljob``; queue state from ``qstat``)."""
+
+    job_cls = MoabJob
+
+
+class SGEBackend(JobQueueBackend):
+    """Workers as (Son of) Grid Engine jobs (``qsub``, ``qstat``, ``qdel``)."""
+
+    job_cls = SGEJob
+    # job-ID, prior, name, user, state, ...
+    status_command = ("qstat", "-u", "{user}")
+    state_column = 4
+    pending_states = frozenset({"qw", "hqw", "hRwq", "Eqw"})
+    finished_states = frozenset({"dr", "dt", "dRr", "dqw", "dhqw", "dEqw"})
+
+
+class LSFBackend(JobQueueBackend):
+    """Workers as LSF jobs (``bsub``, ``bjobs``, ``bkill``)."""
+
+    job_cls = LSFJob
+    status_command = ("bjobs", "-noheader", "-o", "jobid stat")
+    pending_states = frozenset({"PEND", "PSUSP"})
+    finished_states = frozenset({"DONE", "EXIT"})
+
+    def _submit_command(
+        self, job: Job, script_path: str
+    ) -> tuple[list[str], str | None]:
+        # use_stdin (the default): "bsub < script", so that #BSUB lines are read
+        if getattr(job, "use_stdin", False):
+            with open(script_path) as f:
+                return shlex.split(job.submit_command), f.read()
+        return super()._submit_command(job, script_path)
+
+
+class HTCondorBackend(JobQueueBackend):
+    """Workers as HTCondor jobs (``condor_submit``, ``condor_q``, ``condor_rm``)."""
+
+    job_cls = HTCondorJob
+    status_command = ("condor_q", "-af", "ClusterId", "ProcId", "JobStatus")
+    # JobStatus 1: idle, 5: held; 3: removed, 4: completed
+    pending_states = frozenset({"1", "5"})
+    finished_states = frozenset({"3", "4"})
+
+    def parse_queue_state(self, out: str) -> dict[str, bool]:
+        state = {}
+        for line in out.splitlines():
+            fields = line.split()
+            if (
+                len(fields) == 3
+                and fields[0].isdigit()
+                and fields[2] not in self.finished_states
+            ):
+                state[f"{fields[0]}.{fields[1]}"] = fields[2] in self.pending_states
+        return state
+
+
+class OARBackend(JobQueueBackend):
+    """Workers as OAR jobs (``oarsub``, ``oarstat``, ``oardel``)."""
+
+    job_cls = OARJob
+    status_command = ("oarstat", "-u", "{user}", "-J")
+    pending_states = frozenset({"Waiting", "Hold", "toLaunch", "toAckReservation"})
+    finished_states = frozenset({"Finishing", "Terminated", "Error"})
+
+    def _submit_command(
+        self, job: Job, script_path: str
+    ) -> tuple[list[str], str | None]:
+        # OAR runs the script from its path when the job starts, after the
+        # temporary file is gone: pass the #OAR lines as options and the rest
+        # inline, as dask-jobqueue's OARJob does
+        with open(script_path) as f:
+            lines = f.readlines()
+        options = [opt for line in lines if line.startswith("#OAR ") for opt in
+                   shlex.split(line[len("#OAR "):])]  # fmt: skip
+        body = "".join(line for line in lines if not line.startswith("#"))
+        return shlex.split(job.submit_command) + options + [body], None
+
+    def parse_queue_state(self, out: str) -> dict[str, bool]:
+        listed = json.loads(out or "{}")
+        return {
+            str(job_id): info.get("state") in self.pending_states
+            for job_id, info in listed.items()
+            if info.get("state") not in self.finished_states
+        }

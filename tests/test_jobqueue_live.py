@@ -1,0 +1,350 @@
+"""The job-queue backends against real Slurm, Grid Engine and PBS commands.
+
+``.ci/live/start-slurm.sh`` (4 fake nodes), ``start-sge.sh`` and
+``start-pbs-wrappers.sh`` bring the systems up; ``.ci/live/env.sh`` holds the
+variables their clients need (the fixtures fall back to the scripts' paths).
+Each test runs a real scheduler with the plugin in this process; the workers
+are real ``dask worker`` processes started by the queue. What the queue holds
+is read with the system's own commands (``squeue``, ``qstat``), by a job name
+unique to the test, so that a leaked job cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from distributed import Client, Scheduler
+from distributed.utils_test import gen_test, slowinc
+
+dask_jobqueue_config = pytest.importorskip("dask_jobqueue.config")
+
+from conftest import require_live  # noqa: E402
+from dask_adaptive_plugin import AdaptivePlugin  # noqa: E402
+from dask_adaptive_plugin.shell import CommandError, run_command  # noqa: E402
+
+LIVE_DIR = os.environ.get("DASK_ADAPTIVE_LIVE_DIR") or os.path.join(
+    os.environ.get("TMPDIR") or "/tmp", "dask-adaptive-live"
+)
+
+
+# -- the live systems ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveQueue:
+    """A running queue: its backend name and how to list jobs by name."""
+
+    backend: str
+    env: dict[str, str]
+    #: job name -> the ids and states of this user's jobs with that name
+    jobs_named: Callable[[str], Awaitable[dict[str, str]]]
+    nodes: int = 1
+    cpus_per_node: int = 1
+
+
+def check(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> str:
+    """Why ``cmd`` does not work here, or ``""``."""
+    if shutil.which(cmd[0], path=env.get("PATH", os.environ["PATH"])) is None:
+        return f"{cmd[0]} is not installed"
+    try:
+        proc = subprocess.run(
+            cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=20
+        )
+    except subprocess.TimeoutExpired:
+        return f"{' '.join(cmd)} timed out"
+    if proc.returncode not in ok:
+        return f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}"
+    return ""
+
+
+def use_env(env: dict[str, str]):
+    """Set ``env`` in os.environ for the session; the commands the plugin runs read it."""
+    patch = pytest.MonkeyPatch()
+    for key, value in env.items():
+        patch.setenv(key, value)
+    return patch
+
+
+async def squeue_named(name: str) -> dict[str, str]:
+    out = await run_command(
+        ["squeue", "--noheader", f"--name={name}", "--format=%i %t"]
+    )
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def slurm_nodes(env: dict[str, str]) -> tuple[int, int]:
+    out = subprocess.run(
+        ["sinfo", "--noheader", "--format=%D %c"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=20,
+    ).stdout.split()  # fmt: skip
+    return int(out[0]), int(out[1].rstrip("+"))
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The Slurm of start-slurm.sh, with its nodes idle."""
+    env = {"SLURM_CONF": os.environ.get("SLURM_CONF") or f"{LIVE_DIR}/slurm/slurm.conf"}
+    why = ""
+    if not os.path.exists(env["SLURM_CONF"]):
+        why = f"{env['SLURM_CONF']} does not exist; run .ci/live/start-slurm.sh"
+    why = why or check(["sinfo", "--noheader"], env)
+    require_live("slurm", not why, why)
+    nodes, cpus = slurm_nodes(env)
+    patch = use_env(env)
+    yield LiveQueue("slurm", env, squeue_named, nodes, cpus)
+    patch.undo()
+
+
+async def sge_qstat_named(name: str) -> dict[str, str]:
+    # job-ID prior name user state ...; qstat cuts names at 10 characters
+    out = await run_command(["qstat", "-u", "*"])
+    rows = [line.split() for line in out.splitlines()[2:]]
+    return {row[0]: row[4] for row in rows if len(row) > 4 and row[2] == name[:10]}
+
+
+@pytest.fixture(scope="session")
+def sge():
+    """The Grid Engine of start-sge.sh, with its execd up."""
+    env = {
+        "SGE_ROOT": os.environ.get("SGE_ROOT", "/var/lib/gridengine"),
+        "SGE_CELL": os.environ.get("SGE_CELL", "default"),
+    }
+    why = check(["qconf", "-sq", "all.q"], env)
+    if not why:
+        out = subprocess.run(
+            ["qstat", "-f", "-q", "all.q"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=20,
+        ).stdout  # fmt: skip
+        hosts = [line for line in out.splitlines() if line.startswith("all.q@")]
+        if not hosts or all("-NA-" in line for line in hosts):
+            why = "no execution host reports to the qmaster"
+    require_live("sge", not why, why)
+    patch = use_env(env)
+    yield LiveQueue("sge", env, sge_qstat_named)
+    patch.undo()
+
+
+async def pbs_qstat_named(name: str) -> dict[str, str]:
+    # Job id, Name, User, Time Use, S, Queue; exit 153: no jobs; C: completed
+    # jobs stay listed for a while
+    try:
+        out = await run_command(["qstat"])
+    except CommandError as e:
+        if e.returncode != 153:
+            raise
+        out = e.stdout
+    rows = [line.split() for line in out.splitlines()[2:]]
+    return {
+        row[0]: row[-2]
+        for row in rows
+        if len(row) > 4 and row[1] == name[:16] and row[-2] != "C"
+    }
+
+
+@pytest.fixture(scope="session")
+def pbs(slurm):
+    """Slurm's Torque-style qsub/qstat/qdel from start-pbs-wrappers.sh."""
+    bin_dir = os.environ.get("DASK_ADAPTIVE_PBS_BIN") or f"{LIVE_DIR}/pbs-wrappers/bin"
+    env = {**slurm.env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    why = ""
+    if not os.path.exists(os.path.join(bin_dir, "qsub")):
+        why = f"{bin_dir}/qsub does not exist; run .ci/live/start-pbs-wrappers.sh"
+    why = why or check(["qstat"], env, ok=(0, 153))
+    require_live("pbs", not why, why)
+    return LiveQueue("pbs", env, pbs_qstat_named)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await _value(predicate()):
+        assert time.monotonic() < deadline, f"not reached within {timeout}s: {what}"
+        await asyncio.sleep(0.2)
+
+
+async def _value(x: Any) -> Any:
+    return await x if asyncio.iscoroutine(x) else x
+
+
+def worker_options(job_name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "cores": 1,
+        "memory": "1GB",
+        "python": sys.executable,
+        "interface": "lo",
+        "death_timeout": 30,
+        "job_name": job_name,
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def adaptive_scheduler(
+    backend: str, maximum: int, options: dict[str, Any], **kw: Any
+):
+    # gen_test resets dask config to a copy taken before dask_jobqueue added its
+    # defaults (jobqueue.<system>.*), which the job classes read
+    dask_jobqueue_config.reconfigure()
+    plugin = AdaptivePlugin(
+        backend=backend,
+        minimum=0,
+        maximum=maximum,
+        idle_timeout="2s",
+        backend_options=options,
+        **kw,
+    )
+    async with Scheduler(
+        host="127.0.0.1", dashboard_address=":0", plugins=[plugin]
+    ) as s:
+        async with Client(s.address, asynchronous=True) as c:
+            yield s, c, plugin
+
+
+async def scale_up_and_down(live: LiveQueue, maximum: int = 2) -> None:
+    """Tasks bring jobs and workers; idle workers' jobs leave the queue."""
+    name = "t" + uuid.uuid4().hex[:8]
+    async with adaptive_scheduler(live.backend, maximum, worker_options(name)) as (
+        s, c, plugin,
+    ):  # fmt: skip
+        futures = c.map(slowinc, range(20), delay=0.4)
+        await until(lambda: live.jobs_named(name), 20, "jobs in the queue")
+        assert set(await live.jobs_named(name)) <= set(plugin.backend.jobs)
+        assert await c.gather(futures) == list(range(1, 21))
+        del futures
+        names = {str(ws.name) for ws in s.workers.values()}
+        assert names and all(n.startswith(f"{live.backend}-") for n in names)
+        assert 1 <= len(plugin.backend.jobs) <= maximum
+        await until(lambda: not s.workers, 30, "idle workers retired")
+        await until(lambda: _none(live.jobs_named(name)), 30, "cancelled jobs gone")
+        assert not plugin.backend.jobs
+        downs = [e for _, e in plugin.log if e["status"] == "down"]
+        assert downs and not [e for _, e in plugin.log if e["status"] == "error"]
+    assert not await live.jobs_named(name), "a job outlived the scheduler"
+
+
+async def _none(jobs: Awaitable[dict[str, str]]) -> bool:
+    return not await jobs
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+@gen_test(timeout=90)
+async def test_slurm_scales_up_and_down(slurm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # slurm-<id>.out files land here
+    await scale_up_and_down(slurm)
+
+
+@pytest.mark.sge
+@gen_test(timeout=90)
+async def test_sge_scales_up_and_down(sge, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the job script says -cwd
+    await scale_up_and_down(sge)
+
+
+@pytest.mark.pbs
+@gen_test(timeout=90)
+async def test_pbs_scales_up_and_down(pbs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", pbs.env["PATH"])
+    await scale_up_and_down(pbs, maximum=1)
+
+
+@pytest.mark.slurm
+@gen_test(timeout=90)
+async def test_slurm_pending_job_counts_but_is_not_a_worker(
+    slurm, tmp_path, monkeypatch
+):
+    """With every node full, the extra job waits: it is counted, reported,
+    resubmitted when overdue, never doubled, and cancelled when work is done."""
+    assert slurm.nodes >= 2, "start-slurm.sh should fake 4 nodes (NODES=4)"
+    monkeypatch.chdir(tmp_path)
+    name = "p" + uuid.uuid4().hex[:8]
+    options = worker_options(
+        name,
+        job_cpu=slurm.cpus_per_node,  # one job fills one node
+        pending_timeout="3s",
+        resubmit_pending=True,
+    )
+    full = slurm.nodes
+    async with adaptive_scheduler("slurm", full + 1, options, start_timeout="3s") as (
+        s,
+        c,
+        plugin,
+    ):
+        futures = c.map(slowinc, range(200), delay=0.3)
+        await until(lambda: len(s.workers) == full, 45, "a worker on every node")
+        jobs = await slurm.jobs_named(name)
+        assert sorted(jobs.values()) == ["PD"] + ["R"] * full, jobs
+        (waiting,) = [i for i, state in jobs.items() if state == "PD"]
+        # the waiting job is counted as a worker on its way, not as a worker
+        assert plugin.backend.jobs[waiting].pending
+        assert waiting not in {plugin.backend._job_of_worker[str(ws.name)].job_id
+                               for ws in s.workers.values()}  # fmt: skip
+        await until(lambda: pending_events(s, waiting), 15, "the overdue job reported")
+        (event,) = pending_events(s, waiting)
+        assert event["action"] == "resubmitted" and event["pending_for"] >= 3
+        # re-asked after start_timeout: still one job per wanted worker
+        await asyncio.sleep(4)
+        jobs = await slurm.jobs_named(name)
+        assert waiting not in jobs and len(jobs) == full + 1, jobs
+        assert list(jobs.values()).count("PD") == 1, jobs
+        assert len(s.workers) == full
+        await c.gather(futures)
+        del futures
+        await until(lambda: not s.workers, 30, "idle workers retired")
+        await until(lambda: _none(slurm.jobs_named(name)), 30, "every job gone")
+        cancelled = [e for e in events(s) if e["status"] == "jobs-cancelled"]
+        assert cancelled, "the waiting job was not cancelled with the idle workers"
+    assert not await slurm.jobs_named(name)
+
+
+def events(s: Scheduler) -> list[dict[str, Any]]:
+    return [msg for _, msg in s.get_events("adaptive")]
+
+
+def pending_events(s: Scheduler, job_id: str) -> list[dict[str, Any]]:
+    return [
+        e for e in events(s) if e["status"] == "job-pending" and e["job_id"] == job_id
+    ]
+
+
+@pytest.mark.slurm
+@gen_test(timeout=90)
+async def test_slurm_job_of_two_workers_is_one_unit(slurm, tmp_path, monkeypatch):
+    """processes=2: one job, two workers, retired together, one scancel."""
+    monkeypatch.chdir(tmp_path)
+    name = "u" + uuid.uuid4().hex[:8]
+    options = worker_options(name, cores=2, memory="2GB", processes=2)
+    async with adaptive_scheduler("slurm", 2, options) as (s, c, plugin):
+        futures = c.map(slowinc, range(12), delay=0.4)
+        await until(lambda: len(s.workers) == 2, 45, "two workers")
+        assert len(await slurm.jobs_named(name)) == 1
+        (job,) = plugin.backend.jobs.values()
+        names = sorted(str(ws.name) for ws in s.workers.values())
+        assert names == [f"{job.name}-0", f"{job.name}-1"]
+        for address in s.workers:
+            assert sorted(plugin.backend.stopped_together(address)) == sorted(s.workers)
+        await c.gather(futures)
+        del futures
+        # never half a job: both workers go in one decision
+        await until(lambda: not s.workers, 30, "both workers retired")
+        downs = [e for _, e in plugin.log if e["status"] == "down"]
+        assert len(downs) == 1
+        assert len(downs[0]["workers"]) == 2, downs
+        await until(lambda: _none(slurm.jobs_named(name)), 30, "the job cancelled")
+    await until(lambda: _none(slurm.jobs_named(name)), 30, "the job cancelled on close")
