@@ -75,7 +75,7 @@ class _ValidatingCommand(click.Command):
 @click.option("--adaptive-minimum", help="Fewest workers (default 0).")
 @click.option("--adaptive-maximum", help="Most workers (default: the backend's bound).")
 @click.option("--adaptive-policy", help="Policy name: adaptive (default) or fixed.")
-@click.option("--adaptive-idle-timeout", help="Idle time before retiring (3s).")
+@click.option("--adaptive-idle-timeout", help="Idle time before retiring (2s).")
 @click.option("--adaptive-start-timeout", help="Time for a worker to connect (120s).")
 @click.option("--adaptive-retire-timeout", help="Time a retirement may take (60s).")
 @click.option(

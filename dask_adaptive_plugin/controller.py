@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Evaluations are at least this far apart, so that a scheduler busy with
-#: thousands of transitions a second pays for a few hundred evaluations at most.
-MIN_GAP = 0.002
+#: thousands of transitions a second pays for 50 evaluations at most. The first
+#: event after a quiet spell is still evaluated at once.
+MIN_GAP = 0.02
 #: Seconds an action in progress gets to finish when the plugin stops.
 CLOSE_GRACE = 10.0
 BACKOFF_START = 1.0

@@ -241,7 +241,7 @@ class AdaptivePlugin(SchedulerPlugin):
         if controller is None:
             return
         try:
-            stats.transition(key, start, finish, kwargs.get("worker"), time())  # type: ignore[union-attr]
+            stats.transition(key, start, finish, kwargs.get("worker"))  # type: ignore[union-attr]
             controller.poke()
         except Exception:
             self._hook_failed("transition")

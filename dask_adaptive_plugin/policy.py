@@ -93,8 +93,8 @@ def choose_idle_workers(
     Candidates are workers idle for at least ``idle_timeout``; those holding the
     least data go first, and no more go than keeps the stored data under
     ``memory_threshold`` of the remaining workers' memory (and one worker
-    always stays while there is data to hold). Costs O(expired)
-    (nothing when ``count <= 0``), never a scan of all workers.
+    always stays while there is data to hold). Costs O(expired), nothing when
+    no worker may go, and never a scan of all workers.
 
     Returns
     -------
@@ -103,17 +103,18 @@ def choose_idle_workers(
     deadline
         When the next idle worker's timeout runs out, or ``None``.
     """
+    if snapshot.stored_bytes:
+        count = min(count, snapshot.workers - 1)  # someone must receive the data
+    if count <= 0:
+        return [], None  # only an event can change that: no deadline needed
     cutoff = now - idle_timeout
     expired, deadline = [], None
     for address, since in snapshot.idle.items():
         if since > cutoff:
             deadline = since + idle_timeout
             break
-        if count > 0:
-            expired.append(address)
-    if snapshot.stored_bytes:
-        count = min(count, snapshot.workers - 1)  # someone must receive the data
-    if count <= 0 or not expired:
+        expired.append(address)
+    if not expired:
         return [], deadline
     states = snapshot.worker_states
     expired = [a for a in expired if a in states]
@@ -132,12 +133,13 @@ def choose_idle_workers(
 class AdaptivePolicy(Policy):
     """Scale with the work, after the policy of Dask's adaptive deployments.
 
-    - Grow when runnable work waits that no worker can take (queued while no
-      worker is idle, or needing something no worker has), or when stored
-      data passes ``memory_threshold`` of the workers' memory limits.
-    - Grow by ``scale_factor``, or straight to the number of workers that
-      finishes the known work within ``target_duration``, whichever is more;
-      never to more workers than there are runnable tasks.
+    - Grow straight to the number of workers that finishes the known work
+      (running and waiting, estimated per task prefix as the scheduler does)
+      within ``target_duration``, as soon as work waits; never to more
+      workers than there are runnable tasks.
+    - Grow by ``scale_factor`` when tasks wait that no current worker can run
+      (they need a resource no worker has), or when stored data passes
+      ``memory_threshold`` of the workers' memory limits.
     - Shrink by retiring the idle workers holding the least data once they
       have been idle for ``idle_timeout``, keeping memory under the threshold.
     - Always within minimum and maximum.
@@ -204,9 +206,13 @@ class AdaptivePolicy(Policy):
         seconds = s.processing_seconds + s.unassigned_seconds
         n = math.ceil(seconds / self.target_duration / tpw)
         why = f"{s.runnable} runnable tasks, ~{seconds:.3g}s of work"
-        if s.no_worker or (s.queued and not s.idle):
+        if s.queued and not s.idle:
+            why = f"{s.queued} tasks wait for a worker; {why}"
+        if s.no_worker:
+            # no worker can run these, so how long they take says nothing about
+            # how many workers they need: grow by the factor
             n = max(n, math.ceil(s.workers * self.scale_factor), s.workers + 1)
-            why = f"{s.unassigned} tasks wait for a worker; {why}"
+            why = f"{s.no_worker} tasks need a worker that no worker is; {why}"
         return max(1, min(n, self._most_useful(s, tpw))), why
 
     @staticmethod
@@ -235,7 +241,8 @@ class AdaptivePolicy(Policy):
 class FixedPolicy(Policy):
     """Keep exactly ``n`` workers (default: ``minimum``).
 
-    Lost workers are replaced; extra idle workers are retired at once.
+    Lost workers are replaced; extra workers are retired once they have been
+    idle for ``idle_timeout``.
     """
 
     def __init__(
@@ -256,10 +263,14 @@ class FixedPolicy(Policy):
         reason = f"fixed at {self.n} workers"
         if s.workers + s.pending < self.n:
             return Decision("up", n=self.n, reason=reason, kwargs=s.resource_needs)
-        workers, _ = choose_idle_workers(s, s.workers - self.n, now, 0.0)
+        workers, deadline = choose_idle_workers(
+            s, s.workers - self.n, now, self.idle_timeout
+        )
         if workers:
-            return Decision("down", workers=tuple(workers), reason=reason)
-        return Decision("hold", reason=reason)
+            return Decision(
+                "down", workers=tuple(workers), reason=reason, deadline=deadline
+            )
+        return Decision("hold", reason=reason, deadline=deadline)
 
 
 def _parse_number(

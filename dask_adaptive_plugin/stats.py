@@ -12,6 +12,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from time import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 COUNTED = ("waiting", "queued", "no-worker", "processing", "memory", "erred")
 #: States of runnable tasks that no worker has yet.
 UNASSIGNED = ("queued", "no-worker")
+#: States whose tasks are counted beyond the count per state.
+TRACKED = frozenset({*UNASSIGNED, "processing", "memory"})
 
 #: Busy workers re-checked per evaluation, to find those that became idle
 #: without a transition telling us (work stealing moves tasks silently).
@@ -95,6 +98,7 @@ class ClusterStats:
 
     def __init__(self, scheduler: Scheduler, now: float) -> None:
         self.scheduler = scheduler
+        self._tasks = scheduler.tasks
         self.reseed(now)
 
     # -- seeding ---------------------------------------------------------------
@@ -114,7 +118,7 @@ class ClusterStats:
         for ts in self.scheduler.tasks.values():
             if ts.run_spec is not None and ts.state in self.counts:
                 self.counts[ts.state] += 1
-                self._enter(ts, ts.state, now)
+                self._enter(ts, ts.state)
         for address in self.scheduler.workers:
             self.worker_added(address, now)
         self.needs_reseed = False
@@ -122,19 +126,27 @@ class ClusterStats:
     # -- hooks: O(1) each --------------------------------------------------------
 
     def transition(
-        self, key: Any, start: str, finish: str, worker: str | None, now: float
+        self, key: Any, start: str, finish: str, worker: str | None
     ) -> None:
-        """A task moved from ``start`` to ``finish``."""
-        ts = self.scheduler.tasks.get(key)
+        """A task moved from ``start`` to ``finish``.
+
+        The hot path of the plugin: called several times per task.
+        """
+        counts = self.counts
+        leaving, entering = start in counts, finish in counts
+        if not (leaving or entering):
+            return
+        ts = self._tasks.get(key)
         if ts is None or ts.run_spec is None:
             return
-        counts = self.counts
-        if start in counts:
+        if leaving:
             counts[start] -= 1
-            self._leave(ts, start, worker, now)
-        if finish in counts:
+            if start in TRACKED:
+                self._leave(ts, start, worker)
+        if entering:
             counts[finish] += 1
-            self._enter(ts, finish, now)
+            if finish in TRACKED:
+                self._enter(ts, finish)
 
     def worker_added(self, address: str, now: float) -> None:
         ws = self.scheduler.workers.get(address)
@@ -154,7 +166,7 @@ class ClusterStats:
 
     # -- bookkeeping -------------------------------------------------------------
 
-    def _enter(self, ts: TaskState, state: str, now: float) -> None:
+    def _enter(self, ts: TaskState, state: str) -> None:
         if state in UNASSIGNED:
             self._count_unassigned(ts, 1)
         elif state == "processing":
@@ -165,10 +177,11 @@ class ClusterStats:
         elif state == "memory":
             self.stored_bytes += max(ts.nbytes, 0)
 
-    def _leave(self, ts: TaskState, state: str, worker: str | None, now: float) -> None:
+    def _leave(self, ts: TaskState, state: str, worker: str | None) -> None:
         if state in UNASSIGNED:
             self._count_unassigned(ts, -1)
         elif state == "processing":
+            now = time()
             if worker is not None:
                 self._recheck(worker, now)
             if self.counts["processing"] == 0 and self.busy:

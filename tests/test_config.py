@@ -19,7 +19,7 @@ def test_defaults_come_from_the_shipped_yaml():
     assert options.policy == "adaptive"
     assert options.minimum == 0
     assert options.maximum is None
-    assert options.idle_timeout == 3.0
+    assert options.idle_timeout == 2.0
 
 
 def test_arguments_win_over_config():

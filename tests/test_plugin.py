@@ -182,7 +182,9 @@ async def test_workers_that_another_plugin_vetoes_are_not_retired():
 
 @gen_test(timeout=60, clean_kwargs={"threads": False})
 async def test_workers_running_tasks_are_not_retired():
-    async with adaptive_cluster(maximum=2, idle_timeout="100ms") as (s, c, plugin, _):
+    async with adaptive_cluster(
+        maximum=2, idle_timeout="100ms", target_duration="100ms"
+    ) as (s, c, plugin, _):
         long = c.submit(slowinc, 1, delay=3, key="long")
         await until(lambda: "long" in s.tasks and s.tasks["long"].state == "processing")
         runner = s.tasks["long"].processing_on.address

@@ -40,9 +40,19 @@ def test_nothing_to_do_holds_at_zero():
     assert d.status == "hold"
 
 
-def test_grows_by_factor_when_queued_and_no_idle_worker():
-    s = Snapshot(workers=2, nthreads=2, queued=50, processing=2, unassigned_seconds=1)
-    assert AdaptivePolicy().decide(s, now=0).n == 4
+def test_queued_work_that_fits_the_target_duration_does_not_grow():
+    # 12 s of work on 3 workers: 4 s each, within the 5 s target
+    s = Snapshot(workers=3, nthreads=3, queued=50, processing=3,
+                 unassigned_seconds=10, processing_seconds=2)  # fmt: skip
+    assert AdaptivePolicy().decide(s, now=0).status == "hold"
+
+
+def test_queued_work_beyond_the_target_duration_grows_to_fit_it():
+    s = Snapshot(workers=2, nthreads=2, queued=50, processing=2,
+                 unassigned_seconds=30, processing_seconds=2)  # fmt: skip
+    d = AdaptivePolicy(target_duration="4s").decide(s, now=0)
+    assert (d.status, d.n) == ("up", 8)
+    assert "50 tasks wait for a worker" in d.reason
 
 
 def test_grows_straight_to_target_duration():
@@ -147,7 +157,8 @@ def test_choose_idle_workers_costs_nothing_when_none_may_go():
 def test_fixed_policy_keeps_n():
     policy = FixedPolicy(n=3)
     assert policy.decide(Snapshot(workers=1), now=0).n == 3
-    d = policy.decide(Snapshot(**idle_cluster(5)), now=0)
+    assert policy.decide(Snapshot(**idle_cluster(5)), now=0).status == "hold"
+    d = policy.decide(Snapshot(**idle_cluster(5)), now=100)
     assert d.status == "down"
     assert len(d.workers) == 2
     assert policy.decide(Snapshot(workers=2, pending=1), now=0).status == "hold"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import itertools
 import logging
@@ -154,21 +155,45 @@ class LocalBackend(Backend):
 
     def _forget_exited(self) -> None:
         for name, proc in list(self.processes.items()):
-            if proc.returncode is not None:
+            if _exited(proc):
                 del self.processes[name]
                 self.output.pop(name, None)
 
     async def _stop(self, name: str) -> None:
         proc = self.processes.pop(name, None)
         self.output.pop(name, None)
-        if proc is None or proc.returncode is not None:
-            return
+        if proc is not None:
+            await _terminate(proc)
+
+
+def _exited(proc: asyncio.subprocess.Process) -> bool:
+    """Whether the process has ended.
+
+    ``returncode`` alone can lag: asyncio's child watcher reaps a killed
+    process at once but may report its status to the loop seconds later, and
+    in that time the process must not count as a worker still starting.
+    """
+    if proc.returncode is not None:
+        return True
+    try:
+        os.kill(proc.pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, and SIGKILL if the process is still there after ``STOP_GRACE``."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
         proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_GRACE)
-        except asyncio.TimeoutError:
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_GRACE)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
             proc.kill()
-            await proc.wait()
+        await proc.wait()
 
 
 def _parse_nthreads(value: Any) -> int:
