@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import dask
@@ -79,11 +80,11 @@ def parse_count(name: str, value: Any, *, allow_none: bool = False) -> int | Non
 def parse_duration(name: str, value: Any) -> float:
     """A duration in seconds, ``>= 0``: ``"10s"``, ``"250ms"``, ``2.5``."""
     accepted = "a duration >= 0 such as '10s', '500ms' or a number of seconds"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, timedelta)):
         raise invalid(name, value, accepted)
     try:
         seconds = parse_timedelta(value, default="seconds")
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, IndexError):  # '' gives IndexError
         raise invalid(name, value, accepted) from None
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         raise invalid(name, value, accepted)

@@ -233,7 +233,12 @@ class Controller:
         self._action = None
         if task.cancelled() or self.closed:
             return
-        changed = task.exception() is None and task.result()
+        error = task.exception()
+        if error is not None:
+            # a failure the action did not expect (a backend answering
+            # nonsense): still an event and a back-off, never a crash
+            self._failed(task.get_coro().__name__.lstrip("_"), error, time())
+        changed = error is None and task.result()
         poked, self._poked_during_action = self._poked_during_action, False
         # After a change, look again at once; after an action that changed
         # nothing, wait for the next event, so that nothing can spin.

@@ -187,7 +187,7 @@ class AdaptivePlugin(SchedulerPlugin):
             _acting.pop(scheduler, None)
             raise
         if self.options.maximum is None:
-            self.policy.maximum = getattr(self.backend, "maximum", None)
+            self.policy.maximum = backend_maximum(self.backend)
         self.stats = ClusterStats(scheduler, time())
         self.controller = Controller(
             scheduler,
@@ -325,6 +325,19 @@ def check_backend_options(spec: Any, options: dict[str, Any]) -> None:
     check(**options)
 
 
+def backend_maximum(backend: Any) -> int | None:
+    """The backend's own bound on workers; ``ValueError`` if it is not one."""
+    maximum = getattr(backend, "maximum", None)
+    if maximum is not None and (
+        isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 0
+    ):
+        raise ValueError(
+            f"backend {backend!r} has maximum={maximum!r}; a backend's maximum "
+            "must be a whole number >= 0 or None"
+        )
+    return maximum
+
+
 def make_backend(spec: Any, scheduler: Scheduler, options: Options) -> Backend:
     if not inspect.isclass(spec):
         return spec
@@ -337,7 +350,7 @@ def make_policy(options: Options, backend: Any) -> Policy:
         return spec
     maximum = options.maximum
     if maximum is None:
-        maximum = getattr(backend, "maximum", None)
+        maximum = backend_maximum(backend)
     common = dict(
         minimum=options.minimum, maximum=maximum, idle_timeout=options.idle_timeout
     )

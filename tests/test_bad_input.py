@@ -1,0 +1,197 @@
+"""Bad input: every bad value gives a clear error that names it, never a
+traceback of ours or a silently ignored setting; broken third-party entry
+points name themselves and their package, and never break the scheduler."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dask
+import pytest
+from distributed import Client, Scheduler
+from distributed.utils_test import gen_test, inc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dask_adaptive_plugin import AdaptivePlugin
+from dask_adaptive_plugin.config import (
+    normalise_options,
+    parse_count,
+    parse_duration,
+    parse_key_value,
+)
+from helpers import until
+
+#: Anything a user, a config file or an environment variable might hand us.
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(["3", "-1", "1e3", "inf", "null", "10s", "2 ms", "1.5h", " 7 "]),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(values)
+def test_counts_are_whole_numbers_or_a_clear_error(value):
+    try:
+        result = parse_count("maximum", value, allow_none=True)
+    except ValueError as e:
+        assert "maximum" in str(e) and "expected a whole number >= 0" in str(e)
+    else:
+        assert result is None or (isinstance(result, int) and result >= 0)
+
+
+@FAST
+@given(values)
+def test_durations_are_seconds_or_a_clear_error(value):
+    try:
+        result = parse_duration("idle_timeout", value)
+    except ValueError as e:
+        assert "idle_timeout" in str(e) and "duration" in str(e)
+    else:
+        assert isinstance(result, float) and result >= 0
+
+
+@FAST
+@given(st.text(max_size=30))
+def test_key_value_options_split_or_a_clear_error(text):
+    try:
+        key, _ = parse_key_value("--adaptive-option", text)
+    except ValueError as e:
+        assert "--adaptive-option" in str(e) and "KEY=VALUE" in str(e)
+    else:
+        assert key and "=" in text
+
+
+@FAST
+@given(values)
+def test_option_mappings_or_a_clear_error(value):
+    try:
+        result = normalise_options("backend_options", value)
+    except ValueError as e:
+        assert "backend_options" in str(e)
+    else:
+        assert all("-" not in key for key in result)
+
+
+OPTIONS = ["minimum", "maximum", "idle_timeout", "start_timeout", "retire_timeout"]
+POLICY_OPTIONS = ["target_duration", "scale_factor", "memory_threshold"]
+
+
+def plugin_with(name: str, value, from_config: bool) -> AdaptivePlugin:
+    """The plugin with one option set, as an argument or through dask config."""
+    if not from_config:
+        return AdaptivePlugin(**{name: value})
+    section = "policy-options." if name in POLICY_OPTIONS else ""
+    with dask.config.set({f"adaptive-plugin.{section}{name.replace('_', '-')}": value}):
+        return AdaptivePlugin()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(OPTIONS + POLICY_OPTIONS), values, st.booleans())
+def test_every_option_is_in_force_or_refused_by_name(name, value, from_config):
+    try:
+        plugin = plugin_with(name, value, from_config)
+    except ValueError as e:
+        assert name in str(e), str(e)
+        return
+    in_force = getattr(plugin.policy, name, getattr(plugin.options, name, None))
+    assert in_force is not None or value is None
+
+
+def write_broken_distribution(root: Path) -> Path:
+    """A third-party distribution whose entry points are broken in every way."""
+    info = root / "broken_backends-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-backends\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent("""\
+        [dask_adaptive_plugin.backends]
+        missing = broken_backends_nosuch:Backend
+        notaclass = json:dumps
+        badmaximum = broken_backends:BadMaximum
+        nonsense = broken_backends:Nonsense
+        """))
+    (root / "broken_backends.py").write_text(textwrap.dedent("""\
+        import asyncio
+        from distributed import Worker
+        from dask_adaptive_plugin import Backend
+
+        class BadMaximum(Backend):
+            maximum = "lots"
+
+        class Nonsense(Backend):
+            '''Starts real workers but answers nonsense.'''
+            def __init__(self, scheduler):
+                super().__init__(scheduler)
+                self.workers = []
+            async def scale_up(self, n, **kwargs):
+                while len(self.workers) < n:
+                    self.workers.append(await Worker(self.scheduler.address, nthreads=1))
+                return "nonsense"
+            def scale_down(self, workers):
+                return 42
+            def stopped_together(self, address):
+                return None  # not a list of addresses
+            async def close(self):
+                await asyncio.gather(*(w.close() for w in self.workers))
+        """))
+    return root
+
+
+@pytest.fixture
+def broken(tmp_path, monkeypatch):
+    root = write_broken_distribution(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(root))
+    return root
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("missing", r"backend entry point 'missing' = 'broken_backends_nosuch:Backend'"
+                    r".*\(broken-backends 1.0\) failed to import: ModuleNotFoundError"),
+        ("notaclass", r"entry point 'notaclass' = 'json:dumps'.*\(broken-backends 1.0\)"
+                      r" is <function dumps.*>, not a class"),
+        ("badmaximum", r"maximum='lots'; a backend's maximum must be a whole number"),
+    ],
+)  # fmt: skip
+def test_a_broken_entry_point_names_itself_and_its_package(broken, name, message):
+    with pytest.raises(ValueError, match=message):
+        AdaptivePlugin(backend=name)
+
+
+def test_a_broken_entry_point_stops_dask_scheduler_with_its_name(broken):
+    env = {**os.environ, "PYTHONPATH": f"{broken}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dask"), "scheduler", "--preload",
+         "dask_adaptive_plugin", "--adaptive-backend", "missing", "--port", "0"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "'missing'" in last and "broken-backends 1.0" in last
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_a_backend_answering_nonsense_never_breaks_the_scheduler(broken):
+    plugin = AdaptivePlugin(backend="nonsense", maximum=2, idle_timeout="100ms")
+    async with Scheduler(dashboard_address=":0", host="127.0.0.1", plugins=[plugin]) as s:
+        async with Client(s.address, asynchronous=True) as c:
+            assert await c.submit(inc, 1) == 2  # scale_up's odd answer is ignored
+            failing = lambda: [  # noqa: E731
+                e for _, e in plugin.log if e["status"] == "error"
+            ]
+            await until(failing, timeout=20)  # retiring hits stopped_together's None
+            assert failing()[0]["action"] == "scale_down"
+            assert "TypeError" in failing()[0]["error"]
+            assert await c.submit(inc, 2) == 3  # the scheduler keeps working
