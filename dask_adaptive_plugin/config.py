@@ -49,8 +49,16 @@ def invalid(
     return ValueError(f"invalid {what}: {value!r}; expected {accepted}")
 
 
-def parse_count(name: str, value: Any, *, allow_none: bool = False) -> int | None:
-    """A whole number of workers, ``>= 0`` (or ``None`` where that is allowed).
+def parse_count(
+    name: str,
+    value: Any,
+    *,
+    low: int = 0,
+    high: int | None = None,
+    allow_none: bool = False,
+    backend_option: bool = False,
+) -> int | None:
+    """A whole number from ``low`` to ``high`` (or ``None`` where that is allowed).
 
     Examples
     --------
@@ -58,8 +66,14 @@ def parse_count(name: str, value: Any, *, allow_none: bool = False) -> int | Non
     3
     >>> parse_count("maximum", None, allow_none=True) is None
     True
+    >>> parse_count("port", 70000, low=1, high=65535, backend_option=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: invalid backend option port (...): 70000; expected a whole number from 1 to 65535
     """
-    accepted = "a whole number >= 0" + (" or null" if allow_none else "")
+    bounds = f">= {low}" if high is None else f"from {low} to {high}"
+    accepted = f"a whole number {bounds}" + (" or null" if allow_none else "")
+    bad = invalid(name, value, accepted, backend_option=backend_option)
     if isinstance(value, str):
         text = value.strip().lower()
         if allow_none and text in ("", "none", "null", "inf"):
@@ -67,27 +81,35 @@ def parse_count(name: str, value: Any, *, allow_none: bool = False) -> int | Non
         try:
             value = int(text)
         except ValueError:
-            raise invalid(name, value, accepted) from None
+            raise bad from None
     if value is None or (isinstance(value, float) and math.isinf(value)):
         if allow_none:
             return None
-        raise invalid(name, value, accepted)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise invalid(name, value, accepted)
+        raise bad
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad
+    if value < low or (high is not None and value > high):
+        raise bad
     return value
 
 
-def parse_duration(name: str, value: Any) -> float:
-    """A duration in seconds, ``>= 0``: ``"10s"``, ``"250ms"``, ``2.5``."""
-    accepted = "a duration >= 0 such as '10s', '500ms' or a number of seconds"
+def parse_duration(
+    name: str, value: Any, *, positive: bool = False, backend_option: bool = False
+) -> float:
+    """A duration in seconds, ``>= 0`` (``> 0`` if ``positive``): ``"10s"``, ``2.5``."""
+    bound = "> 0" if positive else ">= 0"
+    accepted = f"a duration {bound} such as '10s', '500ms' or a number of seconds"
+    bad = invalid(name, value, accepted, backend_option=backend_option)
     if isinstance(value, bool) or not isinstance(value, (str, int, float, timedelta)):
-        raise invalid(name, value, accepted)
+        raise bad
     try:
         seconds = parse_timedelta(value, default="seconds")
     except (ValueError, TypeError, KeyError, IndexError):  # '' gives IndexError
-        raise invalid(name, value, accepted) from None
+        raise bad from None
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        raise invalid(name, value, accepted)
+        raise bad
+    if positive and seconds == 0:
+        raise bad
     return float(seconds)
 
 

@@ -159,6 +159,7 @@ def test_scale_up_from_zero_and_retire_exactly_the_idle_tasks(
                 minimum=1,
                 maximum=2,
                 idle_timeout="2s",
+                target_duration="1s",  # 4s of work: two workers
                 backend_options=backend_options(marathon.url),
             ) as (scheduler, _):
                 await until(lambda: scheduler.workers, what="the first worker")

@@ -72,8 +72,11 @@ async def _two_workers_with_data(b_class):
     async with Scheduler(dashboard_address=":0", host="127.0.0.1") as s:
         async with Worker(s.address, nthreads=1) as a, b_class(s.address, nthreads=1) as b:
             async with Client(s.address, asynchronous=True) as c:
-                x = c.submit(inc, 1, workers=[a.address], key="x")
-                y = c.submit(lambda: b"y" * 10_000, workers=[b.address], key="y")
+                # placed, but free to be recomputed elsewhere if a dies
+                x = c.submit(inc, 1, workers=[a.address], allow_other_workers=True, key="x")
+                y = c.submit(
+                    lambda: b"y" * 10_000, workers=[b.address], allow_other_workers=True
+                )
                 await wait([x, y])
                 yield s, c, a, b, x, y
 
@@ -116,6 +119,21 @@ async def test_a_hanging_retirement_is_bounded_and_undone():
         b.block_gather_dep.set()
         assert await x == 2  # nothing lost
         assert len(await y) == 10_000
+
+
+@gen_test(timeout=60, clean_kwargs=NO_THREAD_CHECK)
+async def test_a_worker_that_dies_during_its_retirement_loses_nothing():
+    async with two_workers_with_data(BlockedGatherDep) as (s, c, a, b, x, y):
+        plugin = keep_one_worker(s, retire_timeout="30s")
+        await b.in_gather_dep.wait()  # a is being retired, its data in flight
+        await a.close()  # and dies
+        await until(lambda: a.address not in s.workers)
+        b.block_gather_dep.set()
+        assert await x == 2  # recomputed from its task: nothing is lost
+        assert len(await y) == 10_000
+        await until(lambda: plugin.controller._action is None)
+        assert not [e for _, e in plugin.log if e["status"] == "error"]
+        assert await c.submit(inc, 41) == 42  # and the scheduler carries on
 
 
 @gen_test(timeout=60, clean_kwargs=NO_THREAD_CHECK)

@@ -13,7 +13,7 @@ from time import time
 from typing import TYPE_CHECKING, Any
 
 from dask_adaptive_plugin.backend import Backend
-from dask_adaptive_plugin.config import invalid, parse_duration
+from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 from dask_adaptive_plugin.shell import run_command
 
 if TYPE_CHECKING:
@@ -132,9 +132,15 @@ class CommandBackend(Backend):
         return {
             **commands,
             "job_id_pattern": _parse_pattern(job_id_pattern),
-            "threads_per_worker": _parse_threads(threads_per_worker),
-            "start_timeout": _duration("start_timeout", start_timeout),
-            "command_timeout": _duration("command_timeout", command_timeout),
+            "threads_per_worker": parse_count(
+                "threads_per_worker", threads_per_worker, low=1, backend_option=True
+            ),
+            "start_timeout": parse_duration(
+                "start_timeout", start_timeout, backend_option=True
+            ),
+            "command_timeout": parse_duration(
+                "command_timeout", command_timeout, backend_option=True
+            ),
         }
 
     async def scale_up(self, n: int, **resources: Any) -> None:
@@ -258,21 +264,4 @@ def _parse_pattern(value: Any) -> re.Pattern[str]:
     except (TypeError, re.error) as e:
         raise invalid(
             "job_id_pattern", value, f"a regular expression ({e})", backend_option=True
-        ) from None
-
-
-def _parse_threads(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise invalid(
-        "threads_per_worker", value, "a whole number >= 1", backend_option=True
-    )
-
-
-def _duration(name: str, value: Any) -> float:
-    try:
-        return parse_duration(name, value)
-    except ValueError:
-        raise invalid(
-            name, value, "a duration such as '30s'", backend_option=True
         ) from None

@@ -551,15 +551,7 @@ def _check_processes(job: Job) -> int:
 
 
 def _parse_pending_timeout(value: Any) -> float:
-    try:
-        return parse_duration("pending_timeout", value)
-    except ValueError:
-        raise invalid(
-            "pending_timeout",
-            value,
-            "a duration such as '10m' or '600s'",
-            backend_option=True,
-        ) from None
+    return parse_duration("pending_timeout", value, backend_option=True)
 
 
 def _parse_bool(name: str, value: Any) -> bool:

@@ -23,7 +23,6 @@ import hashlib
 import logging
 import os
 import re
-import shlex
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ import distributed
 import yaml
 
 from dask_adaptive_plugin.backend import Backend
-from dask_adaptive_plugin.config import invalid, parse_duration
+from dask_adaptive_plugin.backends.workers import parse_worker_args
+from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 
 try:
     import kr8s
@@ -171,11 +171,18 @@ class KubernetesBackend(Backend):
         )
         self.namespace_option = _parse_namespace(namespace)
         self.namespace = self.namespace_option or "default"
-        self.nthreads = self.threads_per_worker = _parse_nthreads(nthreads)
-        self.worker_args = _parse_worker_args(worker_args)
-        self.death_timeout = _parse_duration("death_timeout", death_timeout)
-        self.pending_timeout = _parse_duration("pending_timeout", pending_timeout)
-        self.api_timeout = _parse_duration("api_timeout", api_timeout)
+        self.nthreads = self.threads_per_worker = parse_count(
+            "nthreads", nthreads, low=1, backend_option=True
+        )
+        self.worker_args = parse_worker_args(worker_args)
+        self.death_timeout, self.pending_timeout, self.api_timeout = (
+            parse_duration(name, value, backend_option=True)
+            for name, value in [
+                ("death_timeout", death_timeout),
+                ("pending_timeout", pending_timeout),
+                ("api_timeout", api_timeout),
+            ]
+        )
         self.scheduler_address = (
             _optional_text("scheduler_address", scheduler_address) or scheduler.address
         )
@@ -778,32 +785,3 @@ def _parse_env(value: Any) -> list[dict[str, Any]]:
         "a mapping of variable names to values, or a list of {name, value}",
         backend_option=True,
     )
-
-
-def _parse_nthreads(value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = 0
-    if isinstance(value, bool) or n < 1 or str(n) != str(value).strip():
-        raise invalid("nthreads", value, "a whole number >= 1", backend_option=True)
-    return n
-
-
-def _parse_worker_args(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return shlex.split(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise invalid(
-        "worker_args", value, "a list of strings or one string", backend_option=True
-    )
-
-
-def _parse_duration(name: str, value: Any) -> float:
-    try:
-        return parse_duration(name, value)
-    except ValueError:
-        raise invalid(
-            name, value, "a duration >= 0 such as '60s'", backend_option=True
-        ) from None

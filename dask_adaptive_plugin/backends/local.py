@@ -8,17 +8,19 @@ import ctypes
 import itertools
 import logging
 import os
-import shlex
 import signal
 import sys
 import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from dask.utils import parse_bytes
-
 from dask_adaptive_plugin.backend import Backend
-from dask_adaptive_plugin.config import invalid, parse_duration
+from dask_adaptive_plugin.backends.workers import (
+    dask_worker_command,
+    parse_memory_limit,
+    parse_worker_args,
+)
+from dask_adaptive_plugin.config import parse_count, parse_duration
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -70,25 +72,32 @@ class LocalBackend(Backend):
         death_timeout: Any = "60s",
     ) -> None:
         super().__init__(scheduler)
-        self.nthreads = self.threads_per_worker = _parse_nthreads(nthreads)
-        self.memory_limit = _parse_memory_limit(memory_limit)
-        self.worker_args = _parse_worker_args(worker_args)
-        self.death_timeout = _parse_death_timeout(death_timeout)
+        options = self.parse_options(nthreads, memory_limit, worker_args, death_timeout)
+        self.nthreads, self.memory_limit, self.worker_args, self.death_timeout = options
+        self.threads_per_worker = self.nthreads
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.output: dict[str, deque[str]] = {}
         self._names = (f"local-{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
 
+    @staticmethod
+    def parse_options(
+        nthreads: Any = 1,
+        memory_limit: Any = "auto",
+        worker_args: Any = (),
+        death_timeout: Any = "60s",
+    ) -> tuple[int, int | str, list[str], float]:
+        """The options, checked; ``ValueError`` names a bad one."""
+        return (
+            parse_count("nthreads", nthreads, low=1, backend_option=True),  # type: ignore[return-value]
+            parse_memory_limit(memory_limit),
+            parse_worker_args(worker_args),
+            parse_duration("death_timeout", death_timeout, backend_option=True),
+        )
+
     @classmethod
     def check_options(cls, **options: Any) -> None:
         super().check_options(**options)
-        checks = {
-            "nthreads": _parse_nthreads,
-            "memory_limit": _parse_memory_limit,
-            "worker_args": _parse_worker_args,
-            "death_timeout": _parse_death_timeout,
-        }
-        for name, value in options.items():
-            checks[name](value)
+        cls.parse_options(**options)
 
     async def scale_up(self, n: int, **resources: Any) -> None:
         """Start processes until ``n`` are running or starting."""
@@ -114,17 +123,16 @@ class LocalBackend(Backend):
 
     def command(self, name: str, resources: dict[str, Any]) -> list[str]:
         """The ``dask worker`` command line for one worker."""
-        cmd = [
-            sys.executable, "-m", "distributed.cli.dask_worker",
+        return dask_worker_command(
+            sys.executable,
             self.scheduler.address,
-            "--name", name,
-            "--nthreads", str(self.nthreads),
-            "--memory-limit", str(self.memory_limit),
-            "--death-timeout", str(self.death_timeout),
-        ]  # fmt: skip
-        if resources:
-            cmd += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
-        return cmd + self.worker_args
+            name,
+            nthreads=self.nthreads,
+            memory_limit=self.memory_limit,
+            death_timeout=self.death_timeout,
+            resources=resources,
+            extra=self.worker_args,
+        )
 
     async def _spawn(self, name: str, resources: dict[str, Any]) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
@@ -194,49 +202,3 @@ async def _terminate(proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-
-
-def _parse_nthreads(value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = 0
-    if isinstance(value, bool) or n < 1 or str(n) != str(value).strip():
-        raise invalid("nthreads", value, "a whole number >= 1", backend_option=True)
-    return n
-
-
-def _parse_memory_limit(value: Any) -> int | str:
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    try:
-        limit = parse_bytes(value) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        limit = -1
-    if isinstance(value, bool) or limit < 0:
-        raise invalid(
-            "memory_limit",
-            value,
-            "bytes >= 0, a size such as '2GiB', or 'auto'",
-            backend_option=True,
-        )
-    return limit
-
-
-def _parse_death_timeout(value: Any) -> float:
-    try:
-        return parse_duration("death_timeout", value)
-    except ValueError:
-        raise invalid(
-            "death_timeout", value, "a duration >= 0", backend_option=True
-        ) from None
-
-
-def _parse_worker_args(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return shlex.split(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise invalid(
-        "worker_args", value, "a list of strings or one string", backend_option=True
-    )

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dask_adaptive_plugin.backend import Backend
-from dask_adaptive_plugin.backends.local import (
-    _parse_memory_limit,
-    _parse_nthreads,
-    _parse_worker_args,
+from dask_adaptive_plugin.backends.workers import (
+    dask_worker_command,
+    parse_memory_limit,
+    parse_worker_args,
 )
-from dask_adaptive_plugin.config import invalid, parse_duration
+from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 
 try:
     import asyncssh
@@ -154,27 +154,26 @@ class SSHBackend(Backend):
     ) -> None:
         self.scheduler = scheduler
         self.hosts = _parse_hosts(hosts)
-        self.port = _parse_whole_number("port", port, 1, 65535)
+        self.port = parse_count("port", port, low=1, high=65535, backend_option=True)
         self.username = _parse_username(username)
         self.client_keys = _parse_paths("client_keys", client_keys, "private key")
         self.known_hosts = _parse_known_hosts(known_hosts)
-        self.workers_per_host = _parse_whole_number(
-            "workers_per_host", workers_per_host, 1
+        self.workers_per_host = parse_count(
+            "workers_per_host", workers_per_host, low=1, backend_option=True
         )
         self.maximum = len(self.hosts) * self.workers_per_host
-        self.nthreads = self.threads_per_worker = _parse_nthreads(nthreads)
-        self.memory_limit = _parse_memory_limit(memory_limit)
+        self.nthreads = self.threads_per_worker = parse_count(
+            "nthreads", nthreads, low=1, backend_option=True
+        )
+        self.memory_limit = parse_memory_limit(memory_limit)
         self.python = _parse_python(python)
-        self.worker_args = _parse_worker_args(worker_args)
-        self.death_timeout = _parse_timeout("death_timeout", death_timeout)
-        self.connect_timeout = _parse_timeout("connect_timeout", connect_timeout)
-        if self.connect_timeout <= 0:
-            raise invalid(
-                "connect_timeout",
-                connect_timeout,
-                "a duration > 0",
-                backend_option=True,
-            )
+        self.worker_args = parse_worker_args(worker_args)
+        self.death_timeout = parse_duration(
+            "death_timeout", death_timeout, backend_option=True
+        )
+        self.connect_timeout = parse_duration(
+            "connect_timeout", connect_timeout, positive=True, backend_option=True
+        )
         self.workers: dict[str, RemoteWorker] = {}
         self.connections: dict[str, asyncssh.SSHClientConnection] = {}
         self._names = (f"ssh-{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
@@ -215,17 +214,16 @@ class SSHBackend(Backend):
 
     def worker_argv(self, name: str, resources: dict[str, Any]) -> list[str]:
         """The ``dask worker`` command line for one worker, as a list."""
-        argv = [
-            self.python, "-m", "distributed.cli.dask_worker",
+        return dask_worker_command(
+            self.python,
             self.scheduler.address,
-            "--name", name,
-            "--nthreads", str(self.nthreads),
-            "--memory-limit", str(self.memory_limit),
-            "--death-timeout", str(self.death_timeout),
-        ]  # fmt: skip
-        if resources:
-            argv += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
-        return argv + self.worker_args
+            name,
+            nthreads=self.nthreads,
+            memory_limit=self.memory_limit,
+            death_timeout=self.death_timeout,
+            resources=resources,
+            extra=self.worker_args,
+        )
 
     def command(self, name: str, resources: dict[str, Any]) -> str:
         """The remote shell command: print the shell's PID, then become the worker.
@@ -499,20 +497,6 @@ def _parse_hosts(value: Any) -> list[str]:
     return hosts
 
 
-def _parse_whole_number(
-    name: str, value: Any, low: int, high: int | None = None
-) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = low - 1
-    out_of_range = n < low or (high is not None and n > high)
-    if isinstance(value, bool) or out_of_range or str(n) != str(value).strip():
-        bounds = f">= {low}" if high is None else f"from {low} to {high}"
-        raise invalid(name, value, f"a whole number {bounds}", backend_option=True)
-    return n
-
-
 def _parse_username(value: Any) -> str | None:
     if value is None:
         return None
@@ -559,10 +543,3 @@ def _parse_python(value: Any) -> str:
             backend_option=True,
         )
     return value.strip()
-
-
-def _parse_timeout(name: str, value: Any) -> float:
-    try:
-        return parse_duration(name, value)
-    except ValueError:
-        raise invalid(name, value, "a duration >= 0", backend_option=True) from None

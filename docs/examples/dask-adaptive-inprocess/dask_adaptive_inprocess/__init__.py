@@ -9,7 +9,7 @@ from typing import Any
 from distributed import Worker
 
 from dask_adaptive_plugin import Backend
-from dask_adaptive_plugin.config import invalid
+from dask_adaptive_plugin.config import parse_count
 
 __all__ = ["InProcessBackend"]
 
@@ -69,6 +69,4 @@ class InProcessBackend(Backend):
 
 
 def _parse_nthreads(value: Any) -> int:
-    if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
-        raise invalid("nthreads", value, "a whole number >= 1", backend_option=True)
-    return int(value)
+    return parse_count("nthreads", value, low=1, backend_option=True)  # type: ignore[return-value]

@@ -24,7 +24,8 @@ from urllib.parse import urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from dask_adaptive_plugin import Backend
-from dask_adaptive_plugin.config import invalid, parse_duration
+from dask_adaptive_plugin.backends.workers import parse_worker_args
+from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -107,10 +108,12 @@ class MarathonBackend(Backend):
         self.image = _optional_text("image", image)
         self.cmd = _optional_text("cmd", cmd) or "dask worker"
         self.nthreads = self.threads_per_worker = _parse_nthreads(nthreads, self.cpus)
-        self.worker_args = _parse_worker_args(worker_args)
+        self.worker_args = parse_worker_args(worker_args)
         self.env = _parse_env(env)
         self.token = _optional_text("token", token)
-        self.request_timeout = _duration("request_timeout", request_timeout)
+        self.request_timeout = parse_duration(
+            "request_timeout", request_timeout, positive=True, backend_option=True
+        )
         self._client: AsyncHTTPClient | None = None
         self._creating: asyncio.Task | None = None
         self._start_creating_app()
@@ -347,23 +350,7 @@ def _positive_number(name: str, value: Any) -> float:
 def _parse_nthreads(value: Any, cpus: float) -> int:
     if value is None:
         return max(1, int(cpus))
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = 0
-    if isinstance(value, bool) or n < 1 or str(n) != str(value).strip():
-        raise invalid("nthreads", value, "a whole number >= 1", backend_option=True)
-    return n
-
-
-def _parse_worker_args(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return shlex.split(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise invalid(
-        "worker_args", value, "a list of strings or one string", backend_option=True
-    )
+    return parse_count("nthreads", value, low=1, backend_option=True)  # type: ignore[return-value]
 
 
 def _parse_env(value: Any) -> dict[str, str]:
@@ -374,13 +361,3 @@ def _parse_env(value: Any) -> dict[str, str]:
     raise invalid(
         "env", value, "a mapping of variable names to values", backend_option=True
     )
-
-
-def _duration(name: str, value: Any) -> float:
-    try:
-        seconds = parse_duration(name, value)
-    except ValueError:
-        seconds = 0.0
-    if seconds <= 0:
-        raise invalid(name, value, "a duration > 0 such as '30s'", backend_option=True)
-    return seconds
