@@ -1,0 +1,369 @@
+"""Efficiency on real work: makespan and worker-seconds, real worker processes.
+
+The plugin side is an in-process ``Scheduler`` with
+``AdaptivePlugin(backend="local", minimum=0, maximum=M,
+backend_options={"nthreads": 1})``, whose workers are ``dask worker``
+processes; the other side is ``LocalCluster(n_workers=0,
+threads_per_worker=1).adapt(minimum=0, maximum=M)``, whose workers are
+processes under nannies in this process. Both keep their default timings
+(idle timeout 2 s; ``Adaptive``: a check a second, three checks to retire).
+
+Tasks sleep, so cores are not the bottleneck. Each repetition starts a fresh
+cluster at zero workers. Accounting starts just before the first submit;
+makespan ends when the last result is in; worker-seconds (the integral of
+connected workers, from the scheduler's add/remove-worker events) end when the
+cluster is back at its minimum or ``horizon`` seconds after the last result,
+whichever comes first: the same rule for both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from distributed import Client, LocalCluster, Scheduler
+
+from benchmarks.common import Row, WorkerTimeline, alternating, median, ratio
+from dask_adaptive_plugin import AdaptivePlugin
+from dask_adaptive_plugin.backends.local import LocalBackend
+
+MINIMUM = 0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Bursts of sleeping tasks with pauses between them.
+
+    ``submit_every`` set: a trickle, one burst submitted every that many
+    seconds without waiting for results. Otherwise each burst's results are
+    awaited, then the next pause follows (a user looking at results).
+    """
+
+    name: str
+    bursts: int
+    tasks_per_burst: int
+    task_seconds: float
+    pauses: tuple[float, ...] = ()
+    submit_every: float | None = None
+
+    def pause_after(self, burst: int) -> float:
+        return self.pauses[burst % len(self.pauses)] if self.pauses else 0.0
+
+
+FULL = (
+    Workload("burst", bursts=1, tasks_per_burst=48, task_seconds=0.5),
+    Workload(
+        "bursts", bursts=4, tasks_per_burst=12, task_seconds=0.5, pauses=(2, 5, 2)
+    ),
+    Workload(
+        "trickle", bursts=50, tasks_per_burst=1, task_seconds=0.3, submit_every=0.6
+    ),
+)
+QUICK = (
+    Workload("burst", bursts=1, tasks_per_burst=12, task_seconds=0.3),
+    Workload("bursts", bursts=2, tasks_per_burst=6, task_seconds=0.3, pauses=(2,)),
+    Workload(
+        "trickle", bursts=8, tasks_per_burst=1, task_seconds=0.2, submit_every=0.5
+    ),
+)
+
+
+# -- one run ------------------------------------------------------------------------------
+
+
+async def run_workload(client: Client, workload: Workload) -> None:
+    """Submit the workload and wait for all its results."""
+    pending = []
+    for burst in range(workload.bursts):
+        futures = client.map(
+            time.sleep, [workload.task_seconds] * workload.tasks_per_burst, pure=False
+        )
+        if workload.submit_every is not None:
+            pending += futures
+            await asyncio.sleep(workload.submit_every)
+            continue
+        await client.gather(futures)
+        if burst < workload.bursts - 1:
+            await asyncio.sleep(workload.pause_after(burst))
+    await client.gather(pending)
+
+
+async def measure(
+    client: Client,
+    timeline: WorkerTimeline,
+    scale_calls: list[float],
+    workload: Workload,
+    horizon: float,
+) -> dict[str, Any]:
+    """Run ``workload`` on a cluster at its minimum; makespan, worker-seconds."""
+    assert timeline.changes[-1][1] == MINIMUM, "a run starts at the minimum"
+    start = time.perf_counter()
+    await run_workload(client, workload)
+    done = time.perf_counter()
+    end = await _back_to_minimum(timeline, done, horizon)
+    arrivals = [t for t, n in timeline.changes if t > start]
+    return {
+        "makespan": done - start,
+        "worker_seconds": timeline.worker_seconds(start, end),
+        "accounted_until": end - start,
+        "reached_minimum": timeline.back_to(MINIMUM, done) is not None,
+        "first_scale_up": scale_calls[0] - start if scale_calls else None,
+        "first_worker": arrivals[0] - start if arrivals else None,
+        "scale_calls": len(scale_calls),
+        "workers_started": _starts(timeline, start),
+        "series": timeline.series(start, end),
+    }
+
+
+async def _back_to_minimum(
+    timeline: WorkerTimeline, done: float, horizon: float
+) -> float:
+    deadline = done + horizon
+    while time.perf_counter() < deadline:
+        back = timeline.back_to(MINIMUM, done)
+        if back is not None:
+            return back
+        await asyncio.sleep(0.05)
+    return deadline
+
+
+def _starts(timeline: WorkerTimeline, start: float) -> int:
+    counts = [n for t, n in timeline.changes if t >= start]
+    previous, starts = timeline.count_at(start), 0
+    for n in counts:
+        starts += max(0, n - previous)
+        previous = n
+    return starts
+
+
+def _record_calls(obj: Any, name: str) -> list[float]:
+    """Wrap ``obj.name`` so that each call notes ``time.perf_counter()`` first."""
+    times: list[float] = []
+    method = getattr(obj, name)
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        times.append(time.perf_counter())
+        return method(*args, **kwargs)
+
+    setattr(obj, name, recorded)
+    return times
+
+
+async def plugin_run(
+    workload: Workload, maximum: int, horizon: float
+) -> dict[str, Any]:
+    """One run of ``workload`` on the plugin with the ``local`` backend."""
+    timeline = WorkerTimeline()
+    plugin = AdaptivePlugin(
+        backend="local",
+        minimum=MINIMUM,
+        maximum=maximum,
+        backend_options={"nthreads": 1},
+    )
+    async with (
+        Scheduler(
+            dashboard_address=":0", host="127.0.0.1", plugins=[plugin, timeline]
+        ) as s,
+        Client(s.address, asynchronous=True) as client,
+    ):
+        while plugin.backend is None:
+            await asyncio.sleep(0.01)
+        calls = _record_calls(plugin.backend, "scale_up")
+        offset = time.time() - time.perf_counter()
+        result = await measure(client, timeline, calls, workload, horizon)
+        result["decisions"] = _decisions(plugin.log, offset, timeline.changes[0][0])
+        return result
+
+
+def _decisions(
+    log: Any, offset: float, start: float
+) -> list[tuple[float, dict[str, Any]]]:
+    """The plugin's scaling decisions, timed from ``start`` (a ``perf_counter``)."""
+    return [
+        (
+            round(t - offset - start, 3),
+            {k: entry[k] for k in ("status", "n", "workers", "reason") if k in entry},
+        )
+        for t, entry in log
+        if entry["status"] in ("up", "down")
+    ]
+
+
+async def adaptive_run(
+    workload: Workload, maximum: int, horizon: float
+) -> dict[str, Any]:
+    """One run of ``workload`` on ``LocalCluster(n_workers=0).adapt(...)``."""
+    timeline = WorkerTimeline()
+    async with LocalCluster(
+        n_workers=0,
+        threads_per_worker=1,
+        asynchronous=True,
+        dashboard_address=":0",
+        host="127.0.0.1",
+    ) as cluster:
+        cluster.scheduler.add_plugin(timeline)
+        calls = _record_calls(cluster, "scale")
+        adaptive = cluster.adapt(minimum=MINIMUM, maximum=maximum)
+        async with Client(cluster, asynchronous=True) as client:
+            result = await measure(client, timeline, calls, workload, horizon)
+        adaptive.stop(reason="benchmark done")
+        return result
+
+
+async def bench_efficiency(
+    workloads: tuple[Workload, ...] = FULL,
+    repeats: int = 3,
+    maximum: int = 3,
+    horizon: float = 20.0,
+) -> dict[str, Any]:
+    """Each workload ``repeats`` times per side, sides alternating.
+
+    Returns
+    -------
+    dict
+        ``{"workloads": {name: {"plugin": [run, ...], "adaptive": [...],
+        "spec": {...}}}, "maximum": M, "horizon": s}``.
+    """
+    sides = {"plugin": plugin_run, "adaptive": adaptive_run}
+    results: dict[str, Any] = {
+        w.name: {"plugin": [], "adaptive": [], "spec": asdict(w)} for w in workloads
+    }
+    for order in alternating(repeats):
+        for workload in workloads:
+            for side in order:
+                run = await sides[side](workload, maximum, horizon)
+                results[workload.name][side].append(run)
+    return {"workloads": results, "maximum": maximum, "horizon": horizon}
+
+
+# -- why: how long a worker takes to start -------------------------------------------------------
+
+
+async def bench_worker_startup(repeats: int = 3) -> dict[str, list[float]]:
+    """Seconds from asking for one worker to its registration with the scheduler.
+
+    ``local``: the plugin's local backend (``dask worker``, with its nanny);
+    ``local --no-nanny``: the same without the nanny process; ``LocalCluster``:
+    a nanny in this process spawning the worker process.
+    """
+    results: dict[str, list[float]] = {
+        "local": [],
+        "local --no-nanny": [],
+        "LocalCluster": [],
+    }
+    for _ in range(repeats):
+        results["local"].append(await _backend_startup([]))
+        results["local --no-nanny"].append(await _backend_startup(["--no-nanny"]))
+        results["LocalCluster"].append(await _cluster_startup())
+    return results
+
+
+async def _backend_startup(worker_args: list[str]) -> float:
+    async with Scheduler(dashboard_address=":0", host="127.0.0.1") as s:
+        backend = LocalBackend(s, nthreads=1, worker_args=worker_args)
+        try:
+            start = time.perf_counter()
+            await backend.scale_up(1)
+            return await _first_worker(s, start)
+        finally:
+            await backend.close()
+
+
+async def _cluster_startup() -> float:
+    async with LocalCluster(
+        n_workers=0,
+        threads_per_worker=1,
+        asynchronous=True,
+        dashboard_address=":0",
+        host="127.0.0.1",
+    ) as cluster:
+        start = time.perf_counter()
+        cluster.scale(1)
+        return await _first_worker(cluster.scheduler, start)
+
+
+async def _first_worker(s: Scheduler, start: float, timeout: float = 60) -> float:
+    while not s.workers:
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("no worker registered")
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - start
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+
+def efficiency_rows(
+    results: dict[str, Any], startup: dict[str, list[float]] | None = None
+) -> list[Row]:
+    """Per workload: makespan and worker-seconds, medians, plugin vs Adaptive."""
+    rows = []
+    for name, sides in results["workloads"].items():
+        makespan = _medians(sides, "makespan")
+        seconds = _medians(sides, "worker_seconds")
+        better_on_one = makespan[0] < makespan[1] or seconds[0] < seconds[1]
+        n = len(sides["plugin"])
+        better = "better on one: " + ("yes" if better_on_one else "no")
+        for metric, (plugin, adaptive), unit in (
+            ("makespan", makespan, "s"),
+            ("worker-seconds", seconds, "worker·s"),
+        ):
+            rows.append(
+                Row(
+                    benchmark=f"6 efficiency: {name}",
+                    metric=f"{metric}, median of {n}",
+                    unit=unit,
+                    plugin=plugin,
+                    reference=adaptive,
+                    reference_name=f"LocalCluster.adapt(maximum={results['maximum']})",
+                    target="≤ Adaptive (and < on one of the two)",
+                    holds=plugin <= adaptive,
+                    note=_start_note(sides) if metric == "makespan" else better,
+                )
+            )
+    if startup:
+        rows += [
+            Row(
+                benchmark="6 efficiency: why",
+                metric=f"one worker's start-up, {name}",
+                unit="s",
+                plugin=median(times),
+                reference=median(startup["LocalCluster"]),
+                reference_name="LocalCluster (nanny in-process)",
+            )
+            for name, times in startup.items()
+            if name != "LocalCluster"
+        ]
+    return rows
+
+
+def _medians(sides: dict[str, Any], key: str) -> tuple[float, float]:
+    return (
+        median(run[key] for run in sides["plugin"]),
+        median(run[key] for run in sides["adaptive"]),
+    )
+
+
+def _start_note(sides: dict[str, Any]) -> str:
+    def first(side: str, key: str) -> float:
+        return median(r[key] for r in sides[side] if r[key] is not None)
+
+    return (
+        f"first scale-up {first('plugin', 'first_scale_up'):.2f} vs "
+        f"{first('adaptive', 'first_scale_up'):.2f} s, first worker "
+        f"{first('plugin', 'first_worker'):.2f} vs {first('adaptive', 'first_worker'):.2f} s; "
+        f"workers started {median(r['workers_started'] for r in sides['plugin']):g} vs "
+        f"{median(r['workers_started'] for r in sides['adaptive']):g}"
+    )
+
+
+def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Plugin over Adaptive, per workload and figure."""
+    return {
+        name: {
+            key: ratio(*_medians(sides, key)) for key in ("makespan", "worker_seconds")
+        }
+        for name, sides in results["workloads"].items()
+    }

@@ -1,0 +1,117 @@
+"""Smoke runs of every benchmark at tiny sizes: well-formed, positive results.
+
+No timing target is asserted here; ``python tests/benchmarks/run.py`` measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+from benchmarks import decision, efficiency, idle, memory, overhead, reaction, report
+from benchmarks.common import Row, WorkerTimeline, machine_info
+
+pytestmark = pytest.mark.benchmark
+
+
+def positive(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def well_formed(rows: list[Row]) -> None:
+    assert rows
+    for row in rows:
+        assert row.benchmark and row.metric and row.unit
+        assert row.plugin is not None and math.isfinite(row.plugin)
+        assert row.holds in (True, False, None)
+
+
+def test_reaction() -> None:
+    results = asyncio.run(reaction.bench_reaction(repeats=2))
+    assert len(results["plugin"]) == len(results["adaptive"]) == 2
+    assert all(positive(t) for t in results["plugin"] + results["adaptive"])
+    well_formed(reaction.reaction_rows(results))
+
+
+def test_overhead_and_hook() -> None:
+    results = asyncio.run(overhead.bench_overhead(tasks=100, rounds=2))
+    for side in ("with", "without"):
+        assert len(results[side]) == 2 and all(positive(t) for t in results[side])
+    assert results["hook_calls"] > 0 and results["evaluations"] > 0
+    assert positive(results["hook_ns_total"])
+    hook = asyncio.run(overhead.bench_transition_hook(workers=4, tasks=50, number=400))
+    assert positive(hook["ns_per_call"]) and positive(hook["ns_per_call_detached"])
+    well_formed(overhead.overhead_rows(results, hook))
+
+
+def test_tree_sum_graph_sums_the_leaves() -> None:
+    dsk, final = overhead.tree_sum_graph(11, "t")
+    assert final in dsk and len(dsk) == 5 + 3 + 2 + 1  # leaves, then each level
+    assert overhead.expected_sum(11) == 1 + 2 + 3 + 4 + 5
+
+
+def test_decision() -> None:
+    results = asyncio.run(decision.bench_decision(worker_counts=(10, 30), tasks=200))
+    for n in (10, 30):
+        busy, idle_ = results["busy"][n], results["idle"][n]
+        assert all(positive(busy[k]) for k in ("evaluation", "adaptive_target"))
+        assert all(
+            positive(v) for k, v in idle_.items() if k != "workers_to_close_count"
+        )
+    well_formed(decision.decision_rows(results))
+
+
+def test_idle() -> None:
+    results = idle.bench_idle(seconds=1.0, windows=2)
+    assert set(results) == set(idle.SIDES)
+    assert all(
+        len(r["cpu"]) == 2 and all(c >= 0 for c in r["cpu"]) for r in results.values()
+    )
+    assert results["plugin"]["evaluations"] == 0
+    well_formed(idle.idle_rows(results))
+
+
+def test_memory() -> None:
+    results = asyncio.run(memory.bench_memory(workers=20, tasks=100))
+    assert positive(results["workers"]["plugin"])
+    assert all(results[k]["total"] > 0 for k in ("workers", "tasks"))
+    well_formed(memory.memory_rows(results))
+
+
+def test_efficiency_and_startup(tmp_path: Path) -> None:
+    tiny = (
+        efficiency.Workload("burst", bursts=1, tasks_per_burst=2, task_seconds=0.05),
+    )
+    results = asyncio.run(
+        efficiency.bench_efficiency(tiny, repeats=1, maximum=1, horizon=0.5)
+    )
+    for side in ("plugin", "adaptive"):
+        (run,) = results["workloads"]["burst"][side]
+        assert positive(run["makespan"]) and positive(run["worker_seconds"])
+        assert run["series"][0] == (0.0, 0)
+    startup = asyncio.run(efficiency.bench_worker_startup(repeats=1))
+    assert all(positive(t) for times in startup.values() for t in times)
+    well_formed(efficiency.efficiency_rows(results, startup))
+    pytest.importorskip("matplotlib")
+    report.plot_efficiency(results, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_worker_timeline_integrates_steps() -> None:
+    timeline = WorkerTimeline()
+    timeline.changes = [(0.0, 0), (1.0, 2), (3.0, 1), (4.0, 0)]
+    assert timeline.worker_seconds(0.0, 5.0) == pytest.approx(2 * 2 + 1 * 1)
+    assert timeline.worker_seconds(2.0, 3.5) == pytest.approx(2 * 1 + 1 * 0.5)
+    assert timeline.back_to(0, 1.5) == 4.0
+
+
+def test_report_table_and_generated_block() -> None:
+    rows = [Row("b", "m", "s", 1.0, 2.0, "ref", "t", True)]
+    table = report.markdown_table(rows)
+    assert "| b | m | s | 1 | 2 (ref) | 0.5 | t | ✅ yes |" in table
+    document = report.replace_generated("# Title\n", "first")
+    assert report.replace_generated(document, "second").count("second") == 1
+    assert "first" not in report.replace_generated(document, "second")
+    assert machine_info()["cores"] >= 1
