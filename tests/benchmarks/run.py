@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tests/benchmarks/run.py            # full run, ~25 min; updates docs/
+    python tests/benchmarks/run.py            # full run, ~16 min; updates docs/
     python tests/benchmarks/run.py --quick    # CI-sized, ~2 min; docs untouched
     python tests/benchmarks/run.py --only reaction,decision
 
