@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -10,9 +11,9 @@ from typing import Any
 
 from distributed import Client, Scheduler
 from distributed.diagnostics.plugin import SchedulerPlugin
+from inprocess import InProcessBackend
 
 from dask_adaptive_plugin import AdaptivePlugin
-from inprocess import InProcessBackend
 
 
 class Watcher(SchedulerPlugin):
@@ -59,3 +60,23 @@ def statuses(plugin: AdaptivePlugin) -> list[str]:
     return [entry["status"] for _, entry in plugin.log]
 
 
+def events(scheduler: Scheduler, status: str | None = None) -> list[dict[str, Any]]:
+    """The plugin's events on the scheduler, of one status or all."""
+    return [
+        msg
+        for _, msg in scheduler.get_events("adaptive")
+        if status is None or msg.get("status") == status
+    ]
+
+
+def assert_no_secret(scheduler: Scheduler, caplog: Any, secret: str, seen: str) -> None:
+    """``secret`` is in no event and no log record, which do mention ``seen``."""
+    text = repr(scheduler.get_events("adaptive")) + caplog.text
+    assert secret not in text
+    assert seen in text.lower()  # the check looked at something
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

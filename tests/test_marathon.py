@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import sys
 import time
 import uuid
@@ -26,6 +25,7 @@ import pytest
 from conftest import require_live
 from distributed import Client, Scheduler
 from distributed.core import Status
+from helpers import assert_no_secret, events, free_port
 from marathon_standin import MarathonStandIn
 
 from dask_adaptive_plugin import AdaptivePlugin, registry
@@ -97,26 +97,6 @@ async def scheduler_with(
         yield scheduler, plugin
 
 
-def events(scheduler: Scheduler, status: str | None = None) -> list[dict[str, Any]]:
-    return [
-        msg
-        for _, msg in scheduler.get_events("adaptive")
-        if status is None or msg.get("status") == status
-    ]
-
-
-def assert_no_token(scheduler: Scheduler, caplog: pytest.LogCaptureFixture) -> None:
-    text = repr(scheduler.get_events("adaptive")) + caplog.text
-    assert TOKEN not in text
-    assert "marathon" in text.lower()  # the check looked at something
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- tests -----------------------------------------------------------------------------
 
 
@@ -185,7 +165,7 @@ def test_scale_up_from_zero_and_retire_exactly_the_idle_tasks(
                 assert marathon.running_tasks() == [kept]
                 assert events(scheduler, "error") == []
                 assert scheduler.status == Status.running
-                assert_no_token(scheduler, caplog)
+                assert_no_secret(scheduler, caplog, TOKEN, "marathon")
             # Closing the scheduler destroys the app and so its tasks.
             assert marathon.apps == {} and marathon.running_tasks() == []
             assert ("DELETE", f"/v2/apps{APP_ID}") in marathon.requests
@@ -219,7 +199,7 @@ def test_api_errors_are_events_without_the_token(
                 # Once the API answers again, the back-off retry succeeds.
                 marathon.fail = None
                 await until(lambda: scheduler.workers, what="a worker after recovery")
-                assert_no_token(scheduler, caplog)
+                assert_no_secret(scheduler, caplog, TOKEN, "marathon")
 
     run(scenario)
 
@@ -236,7 +216,7 @@ def test_wrong_token_and_unreachable_api_are_clear_errors(
             ):
                 await until(lambda: events(scheduler, "error"), what="an error event")
                 assert "HTTP 401" in events(scheduler, "error")[0]["error"]
-                assert_no_token(scheduler, caplog)
+                assert_no_secret(scheduler, caplog, TOKEN, "marathon")
 
         options = backend_options(f"http://127.0.0.1:{free_port()}")
         async with scheduler_with(minimum=1, backend_options=options) as (scheduler, _):
@@ -244,6 +224,6 @@ def test_wrong_token_and_unreachable_api_are_clear_errors(
             error = events(scheduler, "error")[0]["error"]
             assert "failed: ConnectionRefusedError" in error
             assert scheduler.status == Status.running
-            assert_no_token(scheduler, caplog)
+            assert_no_secret(scheduler, caplog, TOKEN, "marathon")
 
     run(scenario)
