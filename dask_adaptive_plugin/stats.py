@@ -8,7 +8,6 @@ workers (only on the number of task prefixes and resource amounts waiting).
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,10 +61,6 @@ class Snapshot:
     idle: Mapping[str, float] = field(default_factory=dict)
     #: address -> worker (for ``nbytes`` and ``memory_limit``).
     worker_states: Mapping[str, WorkerLike] = field(default_factory=dict)
-
-    @property
-    def unassigned(self) -> int:
-        return self.queued + self.no_worker
 
     @property
     def runnable(self) -> int:
@@ -278,8 +273,3 @@ class ClusterStats:
             "stored_bytes": self.stored_bytes,
             "memory_limit": self.memory_limit,
         }
-
-
-def recompute(scheduler: Scheduler, now: float = math.inf) -> dict[str, Any]:
-    """Statistics computed from scratch: the reference the tests compare with."""
-    return ClusterStats(scheduler, now).as_dict()

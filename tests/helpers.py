@@ -49,10 +49,13 @@ async def adaptive_cluster(**kwargs: Any):
             yield s, c, plugin, watcher
 
 
-async def until(predicate, timeout: float = 20, interval: float = 0.01) -> None:
+async def until(
+    predicate, timeout: float = 20, interval: float = 0.01, what: str = ""
+) -> None:
+    """Wait until ``predicate()`` is true, at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
+        assert time.monotonic() < deadline, f"not reached in {timeout}s: {what or predicate}"
         await asyncio.sleep(interval)
 
 

@@ -24,7 +24,7 @@ import yaml
 from conftest import LIVE_REQUIRED
 from distributed import Client, Scheduler
 from distributed.core import Status
-from helpers import assert_no_secret, events, free_port
+from helpers import assert_no_secret, events, free_port, until
 
 from dask_adaptive_plugin import AdaptivePlugin
 
@@ -58,17 +58,6 @@ VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
 def run(scenario: Callable[[], Coroutine[Any, Any, None]], timeout: float = 90) -> None:
     """Run one async scenario on a fresh event loop, bounded in time."""
     asyncio.run(asyncio.wait_for(scenario(), timeout))
-
-
-async def until(
-    condition: Callable[[], Any], timeout: float = 30, what: str = ""
-) -> None:
-    """Wait until ``condition()`` is true."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

@@ -25,7 +25,7 @@ import pytest
 from conftest import require_live
 from distributed import Client, Scheduler
 from distributed.core import Status
-from helpers import assert_no_secret, events, free_port
+from helpers import assert_no_secret, events, free_port, until
 from marathon_standin import MarathonStandIn
 
 from dask_adaptive_plugin import AdaptivePlugin, registry
@@ -63,16 +63,6 @@ def capture_debug_logs(caplog: pytest.LogCaptureFixture) -> None:
 def run(scenario: Callable[[], Coroutine[Any, Any, None]], timeout: float = 90) -> None:
     """Run one async scenario on a fresh event loop, bounded in time."""
     asyncio.run(asyncio.wait_for(scenario(), timeout))
-
-
-async def until(
-    condition: Callable[[], Any], timeout: float = 30, what: str = ""
-) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.05)
 
 
 def backend_options(url: str, **more: Any) -> dict[str, Any]:
