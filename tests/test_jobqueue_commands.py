@@ -43,7 +43,7 @@ from dask_adaptive_plugin.shell import CommandError, run_command  # noqa: E402
 
 STAND_IN = r'''#!PYTHON
 """A stand-in batch queue; what it does depends on the name it is called by."""
-import json, os, signal, subprocess, sys
+import json, os, re, signal, subprocess, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATE = os.path.join(HERE, "state.json")
@@ -86,10 +86,18 @@ SUBMIT = {"bsub": "Job <{id}> is submitted to default queue <normal>.",
           "msub": "\n{id}\n"}
 CANCEL = {"bkill", "condor_rm", "oardel", "canceljob"}
 
+def job_name():
+    """The name the submission gives the job, as each system reads it."""
+    found = re.search(r"(?:#BSUB -J|#PBS -N|batch_name =) *(\S+)",
+                      stdin + "".join(files.values()))
+    if found:
+        return found.group(1)
+    return args[args.index("-n") + 1] if "-n" in args else "unnamed"
+
 if tool in SUBMIT:
     job_id = str(state["next"])
     state["next"] += 1
-    job = {"state": "pending"}
+    job = {"state": "pending", "name": job_name()}
     if os.environ.get("STAND_IN_RUN") == "1":
         script = os.path.join(HERE, f"job-{job_id}.sh")
         with open(script, "w") as f:
@@ -97,7 +105,7 @@ if tool in SUBMIT:
         log = open(os.path.join(HERE, f"job-{job_id}.log"), "w")
         proc = subprocess.Popen(["bash", script], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log, start_new_session=True)
-        job = {"state": "running", "pid": proc.pid}
+        job = {**job, "state": "running", "pid": proc.pid}
     state["jobs"][job_id] = job
     save(state)
     print(SUBMIT[tool].format(id=job_id))
@@ -120,27 +128,26 @@ else:  # status
     if len(jobs) != len(state["jobs"]):
         state["jobs"] = jobs
         save(state)
-    pending = {i: j["state"] == "pending" for i, j in jobs.items()}
+    listed = [(i, j["state"] == "pending", j["name"]) for i, j in jobs.items()]
     if tool == "bjobs":
-        for i, p in pending.items():
-            print(i, "PEND" if p else "RUN")
-        print("1 DONE")  # finished jobs stay listed for a while
-        if not pending:
+        for i, p, name in listed:
+            print(i, "PEND" if p else "RUN", name)
+        print("1 DONE dask-worker")  # finished jobs stay listed for a while
+        if not listed:
             print("No unfinished job found", file=sys.stderr)
     elif tool == "condor_q":
-        for i, p in pending.items():
-            print(i, 0, 1 if p else 2)
-        print(7, 0, 4)
+        for i, p, name in listed:
+            print(i, 0, 1 if p else 2, name)
+        print(7, 0, 4, "dask-worker")
     elif tool == "oarstat":
-        listing = {i: {"state": "Waiting" if p else "Running"} for i, p in pending.items()}
-        listing["7"] = {"state": "Terminated"}
+        listing = {i: {"state": "Waiting" if p else "Running", "name": name}
+                   for i, p, name in listed}
+        listing["7"] = {"state": "Terminated", "name": "dask-worker"}
         print(json.dumps(listing))
-    elif tool == "qstat":
-        print("Job id  Name  User  Time Use S Queue")
-        print("------  ----  ----  -------- - -----")
-        for i, p in pending.items():
-            print(f"{i}.moab  dask-worker  root  0  {'Q' if p else 'R'} batch")
-        print("7.moab  dask-worker  root  0  C batch")
+    elif tool == "qstat":  # qstat -f
+        for i, p, name in [*listed, ("7", None, "dask-worker")]:
+            state = "C" if p is None else "Q" if p else "R"
+            print(f"Job Id: {i}.moab\n    Job_Name = {name}\n    job_state = {state}\n")
 '''
 
 TOOLS = [
@@ -370,12 +377,12 @@ async def test_job_that_left_the_queue_is_replaced_and_not_an_error(
         )
         await backend.scale_up(1)
         assert list(backend.jobs) == ["102"]
-        # the queue forgot 102 too: cancelling it is no error
+        # the queue forgot 102 too: closing looks first and cancels nothing
         (stand_in.directory / "state.json").write_text(
             json.dumps({"next": 103, "jobs": {}})
         )
         await backend.close()
-        assert stand_in.calls("bkill")[-1]["args"] == ["102"]
+        assert not backend.jobs and not stand_in.calls("bkill")
 
 
 @gen_test(timeout=30)
@@ -403,7 +410,8 @@ async def test_oar_passes_directives_as_options_and_the_script_inline(stand_in):
         await backend.scale_up(1)
         (call,) = stand_in.calls("oarsub")
         args = call["args"]
-        assert args[:2] == ["-n", "dask-worker"] and ["-q", "default"] == args[2:4]
+        (job,) = backend.jobs.values()
+        assert args[:2] == ["-n", job.name] and ["-q", "default"] == args[2:4]
         assert "-l" in args and "/nodes=1/core=2,walltime=00:20:00" in args
         assert "memcore>=954" in args[args.index("-p") + 1]
         inline = args[-1]
@@ -432,6 +440,44 @@ async def test_moab_uses_msub_qstat_and_canceljob(stand_in):
         assert stand_in.calls("canceljob")[0]["args"] == ["102"]
         await backend.close()
         assert stand_in.jobs() == {}
+
+
+# -- after a restart -----------------------------------------------------------------------------
+
+SYSTEM_OPTIONS = {
+    LSFBackend: {"lsf_units": "mb"},
+    HTCondorBackend: {"disk": "1GB"},
+    OARBackend: {"memory_per_core_property_name": "not_applicable"},
+    MoabBackend: {},
+}
+
+
+@pytest.mark.parametrize("backend_cls", list(SYSTEM_OPTIONS), ids=lambda c: c.__name__)
+@gen_test(timeout=30)
+async def test_waiting_jobs_of_an_earlier_run_are_adopted(stand_in, backend_cls):
+    """Each system's listing gives the full job names: the restarted backend
+    finds the job its earlier run left waiting, keeps its place in the queue
+    (no second submission) and cancels it on close; another cluster's stays."""
+    options = {"cores": 1, "memory": "1GB", "python": sys.executable,
+               **SYSTEM_OPTIONS[backend_cls]}  # fmt: skip
+    async with bare_scheduler() as s:
+        earlier = backend_cls(s, cluster_name="earlier", **options)
+        await earlier.scale_up(1)
+        (job_id,) = earlier.jobs
+        other = backend_cls(s, cluster_name="earlier-not", **options)
+        await other.scale_up(1)
+        (other_id,) = other.jobs
+        submitted = len(stand_in.calls())
+
+        restarted = backend_cls(s, cluster_name="earlier", **options)
+        await restarted.scale_up(1)
+        assert list(restarted.jobs) == [job_id] and restarted.jobs[job_id].pending
+        assert len(stand_in.calls()) == submitted + 1, "one listing, no submission"
+        (recovered,) = [e for e in events(s) if e["status"] == "recovered"]
+        assert recovered["adopted"] == [job_id]
+        assert recovered["names"] == [earlier.jobs[job_id].name]
+        await restarted.close()
+        assert list(stand_in.jobs()) == [other_id.split(".")[0]]  # HTCondor: 102.0
 
 
 # -- options ------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
 variables their clients need (the fixtures fall back to the scripts' paths).
 Each test runs a real scheduler with the plugin in this process; the workers
 are real ``dask worker`` processes started by the queue. What the queue holds
-is read with the system's own commands (``squeue``, ``qstat``), by a job name
-unique to the test, so that a leaked job cannot go unnoticed.
+is read with the system's own commands (``squeue``, ``qstat``), by a cluster
+name unique to the test (the first part of every job name), so that a leaked
+job cannot go unnoticed.
 """
 
 from __future__ import annotations
@@ -31,12 +32,19 @@ dask_jobqueue_config = pytest.importorskip("dask_jobqueue.config")
 
 from conftest import require_live  # noqa: E402
 from dask_adaptive_plugin import AdaptivePlugin  # noqa: E402
+from dask_adaptive_plugin.backends.jobqueue import (  # noqa: E402
+    PBSBackend,
+    SGEBackend,
+    SLURMBackend,
+)
 from dask_adaptive_plugin.shell import CommandError, run_command  # noqa: E402
 
 LIVE_DIR = os.environ.get("DASK_ADAPTIVE_LIVE_DIR") or os.path.join(
     os.environ.get("TMPDIR") or "/tmp", "dask-adaptive-live"
 )
 
+
+BACKENDS = {"slurm": SLURMBackend, "sge": SGEBackend, "pbs": PBSBackend}
 
 # -- the live systems ------------------------------------------------------------------
 
@@ -47,7 +55,7 @@ class LiveQueue:
 
     backend: str
     env: dict[str, str]
-    #: job name -> the ids and states of this user's jobs with that name
+    #: cluster name -> the ids and states of the jobs named ``<cluster name>-...``
     jobs_named: Callable[[str], Awaitable[dict[str, str]]]
     nodes: int = 1
     cpus_per_node: int = 1
@@ -76,11 +84,10 @@ def use_env(env: dict[str, str]):
     return patch
 
 
-async def squeue_named(name: str) -> dict[str, str]:
-    out = await run_command(
-        ["squeue", "--noheader", f"--name={name}", "--format=%i %t"]
-    )
-    return dict(line.split() for line in out.splitlines() if line.strip())
+async def squeue_named(cluster: str) -> dict[str, str]:
+    out = await run_command(["squeue", "--noheader", "--format=%i %t %j"])
+    rows = [line.split() for line in out.splitlines()]
+    return {row[0]: row[1] for row in rows if row[2].startswith(f"{cluster}-")}
 
 
 def slurm_nodes(env: dict[str, str]) -> tuple[int, int]:
@@ -106,11 +113,12 @@ def slurm():
     patch.undo()
 
 
-async def sge_qstat_named(name: str) -> dict[str, str]:
+async def sge_qstat_named(cluster: str) -> dict[str, str]:
     # job-ID prior name user state ...; qstat cuts names at 10 characters
     out = await run_command(["qstat", "-u", "*"])
     rows = [line.split() for line in out.splitlines()[2:]]
-    return {row[0]: row[4] for row in rows if len(row) > 4 and row[2] == name[:10]}
+    shown = f"{cluster}-"[:10]
+    return {row[0]: row[4] for row in rows if len(row) > 4 and row[2].startswith(shown)}
 
 
 @pytest.fixture(scope="session")
@@ -135,7 +143,7 @@ def sge():
     patch.undo()
 
 
-async def pbs_qstat_named(name: str) -> dict[str, str]:
+async def pbs_qstat_named(cluster: str) -> dict[str, str]:
     # Job id, Name, User, Time Use, S, Queue; exit 153: no jobs; C: completed
     # jobs stay listed for a while
     try:
@@ -144,11 +152,13 @@ async def pbs_qstat_named(name: str) -> dict[str, str]:
         if e.returncode != 153:
             raise
         out = e.stdout
+    # qstat cuts names at 16 characters
     rows = [line.split() for line in out.splitlines()[2:]]
+    shown = f"{cluster}-"[:16]
     return {
         row[0]: row[-2]
         for row in rows
-        if len(row) > 4 and row[1] == name[:16] and row[-2] != "C"
+        if len(row) > 4 and row[1].startswith(shown) and row[-2] != "C"
     }
 
 
@@ -179,14 +189,14 @@ async def _value(x: Any) -> Any:
     return await x if asyncio.iscoroutine(x) else x
 
 
-def worker_options(job_name: str, **extra: Any) -> dict[str, Any]:
+def worker_options(cluster_name: str, **extra: Any) -> dict[str, Any]:
     return {
         "cores": 1,
         "memory": "1GB",
         "python": sys.executable,
         "interface": "lo",
         "death_timeout": 30,
-        "job_name": job_name,
+        "cluster_name": cluster_name,
         **extra,
     }
 
@@ -225,7 +235,7 @@ async def scale_up_and_down(live: LiveQueue, maximum: int = 2) -> None:
         assert await c.gather(futures) == list(range(1, 21))
         del futures
         names = {str(ws.name) for ws in s.workers.values()}
-        assert names and all(n.startswith(f"{live.backend}-") for n in names)
+        assert names and all(n.startswith(f"{name}-") for n in names)
         assert 1 <= len(plugin.backend.jobs) <= maximum
         await until(lambda: not s.workers, 30, "idle workers retired")
         await until(lambda: _none(live.jobs_named(name)), 30, "cancelled jobs gone")
@@ -348,3 +358,50 @@ async def test_slurm_job_of_two_workers_is_one_unit(slurm, tmp_path, monkeypatch
         assert len(downs[0]["workers"]) == 2, downs
         await until(lambda: _none(slurm.jobs_named(name)), 30, "the job cancelled")
     await until(lambda: _none(slurm.jobs_named(name)), 30, "the job cancelled on close")
+
+
+@pytest.mark.parametrize(
+    "system",
+    [pytest.param(name, marks=getattr(pytest.mark, name)) for name in BACKENDS],
+)
+@gen_test(timeout=90)
+async def test_jobs_of_an_earlier_run_are_adopted_not_doubled(
+    system, request, tmp_path, monkeypatch
+):
+    """A scheduler restarted at the same address (the same cluster name) takes
+    over the jobs its earlier run left: counted, mapped to their workers,
+    cancelled with them. Another cluster's jobs are left alone."""
+    live: LiveQueue = request.getfixturevalue(system)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", live.env.get("PATH", os.environ["PATH"]))
+    dask_jobqueue_config.reconfigure()
+    name, other_name = "r" + uuid.uuid4().hex[:8], "o" + uuid.uuid4().hex[:8]
+    backend_cls = BACKENDS[system]
+    async with Scheduler(host="127.0.0.1", dashboard_address=":0") as s:
+        # the earlier run submits a job and ends without cleaning up (SIGKILL)
+        earlier = backend_cls(s, **worker_options(name))
+        await earlier.scale_up(1)
+        (job_id,) = earlier.jobs
+
+        restarted = backend_cls(s, **worker_options(name))
+        await restarted.scale_up(1)  # before the earlier worker has connected
+        assert list(restarted.jobs) == [job_id], "adopted, not submitted again"
+        assert list(await live.jobs_named(name)) == [job_id]
+        (recovered,) = [e for e in events(s) if e["status"] == "recovered"]
+        assert recovered["adopted"] == [job_id]
+
+        # another cluster's backend on this scheduler counts only its own jobs
+        other = backend_cls(s, **worker_options(other_name))
+        await other.scale_up(1)
+        await until(lambda: len(s.workers) == 2, 45, "both workers")
+        (address,) = [a for a, ws in s.workers.items() if ws.name.startswith(name)]
+        assert restarted.stopped_together(address) == [address]
+        await restarted.scale_down([address])
+        await until(
+            lambda: _none(live.jobs_named(name)), 30, "the adopted job cancelled"
+        )
+        assert len(await live.jobs_named(other_name)) == 1, "another cluster's job"
+        await restarted.close()
+        assert len(await live.jobs_named(other_name)) == 1
+        await other.close()
+        await until(lambda: _none(live.jobs_named(other_name)), 30, "the other job")

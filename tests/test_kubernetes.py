@@ -41,8 +41,8 @@ from dask_adaptive_plugin.backends.kubernetes import (  # noqa: E402
     SCHEDULER_LABEL,
     WORKER_LABEL,
     KubernetesBackend,
-    default_cluster_name,
 )
+from dask_adaptive_plugin.backends.workers import default_cluster_name  # noqa: E402
 
 pytestmark = pytest.mark.kubernetes
 

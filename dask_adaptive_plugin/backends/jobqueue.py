@@ -15,6 +15,13 @@ backend (entry point)      job class                   queue state from
 ``moab``                   ``MoabJob``                 ``qstat``
 =========================  ==========================  ===========================
 
+Identity. A job is named after its worker, ``<cluster name>-<8 hex>-<n>``, where
+the cluster name is the option ``cluster_name``, by default derived from the
+scheduler's address (``tcp://10.0.0.5:8786`` gives ``dask-10-0-0-5-8786``). A
+scheduler restarted at the same address finds the jobs its earlier run left in
+the queue by that name and adopts them: they keep their place in the queue,
+count as workers on their way, and are cancelled with the others.
+
 dask-jobqueue writes the job script (``job.job_script()``), knows the submit
 and cancel commands and reads the job id from the submit command's output.
 Its own ``Job.start()`` is a coroutine, but it submits through its private
@@ -32,16 +39,19 @@ import itertools
 import json
 import logging
 import math
+import re
 import shlex
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from time import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import dask
 from dask.utils import parse_bytes
 
 from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.backends.workers import parse_cluster_name
 from dask_adaptive_plugin.config import invalid, parse_duration
 from dask_adaptive_plugin.shell import CommandError, run_command
 
@@ -72,10 +82,20 @@ LISTING_GRACE = 10.0
 RETRY_CHECK = 30.0
 
 #: Job-class arguments that are deprecated aliases of others, or that the
-#: backend sets itself.
+#: backend sets itself (the job name is the worker's name).
 _NOT_OPTIONS = frozenset(
-    {"self", "scheduler", "name", "extra", "job_extra", "env_extra", "header_skip"}
-)
+    {"self", "scheduler", "name", "job_name", "extra", "job_extra", "env_extra",
+     "header_skip"}
+)  # fmt: skip
+
+
+class Listed(NamedTuple):
+    """A job as the queue lists it."""
+
+    #: Waiting in the queue, not started.
+    pending: bool
+    #: Its name in the queue.
+    name: str
 
 
 @dataclass
@@ -123,10 +143,20 @@ class JobQueueBackend(Backend):
     as an event on topic ``"adaptive"`` and, with ``resubmit_pending``,
     cancelled and submitted again. :meth:`close` cancels every job it submitted.
 
+    Jobs are named after their workers, with the cluster name first; jobs of
+    this cluster name that the backend did not submit (an earlier run of a
+    scheduler at this address) are adopted at the first look at the queue, and
+    an event ``{"status": "recovered", "adopted": [...]}`` says so.
+
     Parameters
     ----------
     scheduler
         The scheduler the workers connect to (``scheduler.address``).
+    cluster_name
+        The first part of every job and worker name, which tells this
+        scheduler's jobs apart (default: derived from the scheduler's address,
+        so that a scheduler restarted there adopts its earlier jobs). Two
+        schedulers must not share one.
     pending_timeout
         How long a job may wait in the queue before it is reported
         (default ``"10m"``).
@@ -148,8 +178,9 @@ class JobQueueBackend(Backend):
     job_cls: ClassVar[type[Job]]
     #: Lists this user's jobs; ``{user}`` is replaced by the user name.
     status_command: ClassVar[tuple[str, ...]] = ()
-    #: Column (0-based, negative from the end) of the job state in its output.
+    #: Columns (0-based, negative from the end) of the job state and name.
     state_column: ClassVar[int] = 1
+    name_column: ClassVar[int] = 2
     #: States that mean "waiting in the queue, not started".
     pending_states: ClassVar[frozenset[str]] = frozenset()
     #: States of jobs that are ending or ended but still listed: taken as gone.
@@ -160,12 +191,14 @@ class JobQueueBackend(Backend):
     def __init__(
         self,
         scheduler: Scheduler,
+        cluster_name: Any = None,
         pending_timeout: Any = "10m",
         resubmit_pending: Any = False,
         **job_options: Any,
     ) -> None:
         self.scheduler = scheduler
         self.system = self.job_cls.config_name
+        self.cluster_name = parse_cluster_name(cluster_name, scheduler.address)
         self.pending_timeout = _parse_pending_timeout(pending_timeout)
         self.resubmit_pending = _parse_bool("resubmit_pending", resubmit_pending)
         self.job_options = self._check_job_options(job_options)
@@ -174,16 +207,22 @@ class JobQueueBackend(Backend):
         self.threads_per_worker = self._template.worker_process_threads
         self.jobs: dict[str, BatchJob] = {}
         self._job_of_worker: dict[str, BatchJob] = {}
+        #: Cancelled jobs the queue may still list as alive: never adopted.
+        self._cancelled: set[str] = set()
+        self._our_name = re.compile(
+            rf"{re.escape(self.cluster_name)}-[0-9a-f]{{8}}-\d+"
+        )
         self._lock = asyncio.Lock()
         self._check_timer: asyncio.TimerHandle | None = None
         self._closed = False
-        prefix = f"{self.system}-{uuid.uuid4().hex[:8]}"
+        prefix = f"{self.cluster_name}-{uuid.uuid4().hex[:8]}"
         self._names = (f"{prefix}-{i}" for i in itertools.count())
 
     @classmethod
     def check_options(cls, **options: Any) -> None:
         """Check option names and values before the scheduler starts."""
         super().check_options(**options)
+        parse_cluster_name(options.pop("cluster_name", None), "tcp://scheduler:8786")
         _parse_pending_timeout(options.pop("pending_timeout", "10m"))
         _parse_bool("resubmit_pending", options.pop("resubmit_pending", False))
         cls._check_job_options(options)
@@ -228,11 +267,17 @@ class JobQueueBackend(Backend):
         return [aliases[name] for name in job.workers if name in aliases]
 
     async def close(self) -> None:
-        """Cancel every job this backend submitted."""
+        """Cancel every job of this cluster: submitted or adopted."""
         self._closed = True
         if self._check_timer is not None:
             self._check_timer.cancel()
         async with self._lock:
+            try:
+                await self._refresh()  # adopts what an earlier run left
+            except CommandError as e:
+                logger.warning(
+                    "%s backend: could not list the queue: %s", self.system, e
+                )
             try:
                 await self._cancel(list(self.jobs.values()))
             except CommandError as e:
@@ -248,7 +293,7 @@ class JobQueueBackend(Backend):
     def _make_job(cls, address: str, name: str, options: dict[str, Any]) -> Job:
         """A dask-jobqueue job for one worker name (its script is not submitted)."""
         try:
-            return cls.job_cls(scheduler=address, name=name, **options)
+            return cls.job_cls(scheduler=address, name=name, job_name=name, **options)
         except (TypeError, ValueError) as e:
             raise ValueError(
                 f"invalid options for the {cls.job_cls.config_name} backend "
@@ -294,6 +339,7 @@ class JobQueueBackend(Backend):
                 raise
         for job in jobs:
             self._forget(job)
+        self._cancelled.update(ids)
         logger.info("%s backend: cancelled jobs %s", self.system, ", ".join(ids))
 
     def _remember(self, job: BatchJob) -> None:
@@ -328,8 +374,8 @@ class JobQueueBackend(Backend):
 
     # -- the queue ----------------------------------------------------------------------
 
-    async def queue_state(self) -> dict[str, bool]:
-        """This user's jobs in the queue: job id -> whether it is still waiting."""
+    async def queue_state(self) -> dict[str, Listed]:
+        """This user's jobs in the queue that have not ended, by job id."""
         cmd = [part.format(user=getpass.getuser()) for part in self.status_command]
         try:
             out = await run_command(cmd)
@@ -339,28 +385,71 @@ class JobQueueBackend(Backend):
             out = e.stdout
         return self.parse_queue_state(out)
 
-    def parse_queue_state(self, out: str) -> dict[str, bool]:
-        """Read the status command's output: job id -> waiting (not started)."""
-        state = {}
+    def parse_queue_state(self, out: str) -> dict[str, Listed]:
+        """Read the status command's output: job id -> :class:`Listed`."""
+        return {
+            job_id: Listed(status in self.pending_states, name)
+            for job_id, status, name in self.queue_rows(out)
+            if status not in self.finished_states
+        }
+
+    def queue_rows(self, out: str) -> Iterator[tuple[str, str, str]]:
+        """``(job id, state, name)`` for each job the status command lists.
+
+        The default reads columns: the job id first, then the state at
+        :attr:`state_column` and the name at :attr:`name_column`.
+        """
         for line in out.splitlines():
             fields = line.split()
-            if len(fields) < 2 or not fields[0][:1].isdigit():
+            if len(fields) < 3 or not fields[0][:1].isdigit():
                 continue  # a header, a separator, a message
-            job_id, status = fields[0].split(".")[0], fields[self.state_column]
-            if status not in self.finished_states:
-                state[job_id] = status in self.pending_states
-        return state
+            job_id = fields[0].split(".")[0]
+            yield job_id, fields[self.state_column], fields[self.name_column]
 
     async def _refresh(self) -> None:
-        """Update our jobs from the queue; forget those that have left it."""
+        """Update our jobs from the queue: forget those that left it, adopt
+        those of this cluster that an earlier run left."""
         listed = await self.queue_state()
         now = time()
         for job in list(self.jobs.values()):
             if job.job_id in listed:
-                job.pending = listed[job.job_id]
+                job.pending = listed[job.job_id].pending
             elif now - job.submitted > LISTING_GRACE:
                 logger.info("%s backend: job %s has ended", self.system, job.job_id)
                 self._forget(job)
+        self._cancelled.intersection_update(listed)
+        self._adopt(
+            BatchJob(job_id, entry.name, _worker_names(entry.name, self.processes),
+                     submitted=now, pending=entry.pending)
+            for job_id, entry in listed.items()
+            if job_id not in self.jobs
+            and job_id not in self._cancelled
+            and self._our_name.fullmatch(entry.name)
+        )  # fmt: skip
+
+    def _adopt(self, jobs: Iterable[BatchJob]) -> None:
+        """Manage these jobs of an earlier run as our own, and say so."""
+        adopted = list(jobs)
+        if not adopted:
+            return
+        for job in adopted:
+            self._remember(job)
+        self.scheduler.log_event(
+            "adaptive",
+            {
+                "status": "recovered",
+                "backend": self.system,
+                "adopted": [job.job_id for job in adopted],
+                "names": [job.name for job in adopted],
+                "reason": f"jobs named {self.cluster_name}-... that this backend "
+                "did not submit (an earlier run at this address): adopted, "
+                "counted as workers on their way",
+            },
+        )
+        logger.info(
+            "%s backend: adopted jobs %s of an earlier run",
+            self.system, ", ".join(job.job_id for job in adopted),
+        )  # fmt: skip
 
     # -- jobs that wait too long -----------------------------------------------------------
 
@@ -572,7 +661,7 @@ class SLURMBackend(JobQueueBackend):
     """Workers as SLURM jobs (``sbatch``, ``squeue``, ``scancel``)."""
 
     job_cls = SLURMJob
-    status_command = ("squeue", "--noheader", "--user={user}", "--format=%i %t")
+    status_command = ("squeue", "--noheader", "--user={user}", "--format=%i %t %j")
     pending_states = frozenset({"PD"})
     # completing, completed, cancelled, failed, timeout... (squeue lists some)
     finished_states = frozenset(
@@ -584,14 +673,25 @@ class PBSBackend(JobQueueBackend):
     """Workers as PBS / Torque jobs (``qsub``, ``qstat``, ``qdel``)."""
 
     job_cls = PBSJob
-    # default format: Job id, Name, User, Time Use, S, Queue
-    status_command = ("qstat",)
-    state_column = -2
+    # the full format: the default one cuts names at 16 characters
+    status_command = ("qstat", "-f")
     pending_states = frozenset({"Q", "H", "W", "T"})
     # exiting, completed (kept listed for a while), finished
     finished_states = frozenset({"E", "C", "F"})
     # Torque's qstat (and Slurm's qstat wrapper) exit 153 when no job is listed
     status_exit_ok = frozenset({0, 153})
+
+    def queue_rows(self, out: str) -> Iterator[tuple[str, str, str]]:
+        # "Job Id: 12.server", then indented "Job_Name = x", "job_state = R"
+        job: dict[str, str] = {}
+        for line in [*out.splitlines(), "Job Id: end"]:
+            key, sep, value = line.strip().partition(" = ")
+            if line.startswith("Job Id:"):
+                if {"id", "job_state", "Job_Name"} <= job.keys():
+                    yield job["id"], job["job_state"], job["Job_Name"]
+                job = {"id": line.split(":", 1)[1].strip().split(".")[0]}
+            elif sep:
+                job[key] = value.strip()
 
 
 class MoabBackend(PBSBackend):
@@ -604,18 +704,29 @@ class SGEBackend(JobQueueBackend):
     """Workers as (Son of) Grid Engine jobs (``qsub``, ``qstat``, ``qdel``)."""
 
     job_cls = SGEJob
-    # job-ID, prior, name, user, state, ...
-    status_command = ("qstat", "-u", "{user}")
+    # job-ID, prior, name, user, state, ...; then "Full jobname: x" (the name
+    # column is cut at 10 characters)
+    status_command = ("qstat", "-u", "{user}", "-r")
     state_column = 4
     pending_states = frozenset({"qw", "hqw", "hRwq", "Eqw"})
     finished_states = frozenset({"dr", "dt", "dRr", "dqw", "dhqw", "dEqw"})
+
+    def queue_rows(self, out: str) -> Iterator[tuple[str, str, str]]:
+        job_id = state = ""
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) > self.state_column and fields[0].isdigit():
+                job_id, state = fields[0], fields[self.state_column]
+            elif job_id and line.strip().startswith("Full jobname:"):
+                yield job_id, state, line.split(":", 1)[1].strip()
+                job_id = ""
 
 
 class LSFBackend(JobQueueBackend):
     """Workers as LSF jobs (``bsub``, ``bjobs``, ``bkill``)."""
 
     job_cls = LSFJob
-    status_command = ("bjobs", "-noheader", "-o", "jobid stat")
+    status_command = ("bjobs", "-noheader", "-o", "jobid stat job_name")
     pending_states = frozenset({"PEND", "PSUSP"})
     finished_states = frozenset({"DONE", "EXIT"})
 
@@ -633,22 +744,19 @@ class HTCondorBackend(JobQueueBackend):
     """Workers as HTCondor jobs (``condor_submit``, ``condor_q``, ``condor_rm``)."""
 
     job_cls = HTCondorJob
-    status_command = ("condor_q", "-af", "ClusterId", "ProcId", "JobStatus")
+    # dask-jobqueue gives the worker's name as the batch name
+    status_command = (
+        "condor_q", "-af", "ClusterId", "ProcId", "JobStatus", "JobBatchName"
+    )  # fmt: skip
     # JobStatus 1: idle, 5: held; 3: removed, 4: completed
     pending_states = frozenset({"1", "5"})
     finished_states = frozenset({"3", "4"})
 
-    def parse_queue_state(self, out: str) -> dict[str, bool]:
-        state = {}
+    def queue_rows(self, out: str) -> Iterator[tuple[str, str, str]]:
         for line in out.splitlines():
             fields = line.split()
-            if (
-                len(fields) == 3
-                and fields[0].isdigit()
-                and fields[2] not in self.finished_states
-            ):
-                state[f"{fields[0]}.{fields[1]}"] = fields[2] in self.pending_states
-        return state
+            if len(fields) == 4 and fields[0].isdigit():
+                yield f"{fields[0]}.{fields[1]}", fields[2], fields[3]
 
 
 class OARBackend(JobQueueBackend):
@@ -672,10 +780,6 @@ class OARBackend(JobQueueBackend):
         body = "".join(line for line in lines if not line.startswith("#"))
         return shlex.split(job.submit_command) + options + [body], None
 
-    def parse_queue_state(self, out: str) -> dict[str, bool]:
-        listed = json.loads(out or "{}")
-        return {
-            str(job_id): info.get("state") in self.pending_states
-            for job_id, info in listed.items()
-            if info.get("state") not in self.finished_states
-        }
+    def queue_rows(self, out: str) -> Iterator[tuple[str, str, str]]:
+        for job_id, info in json.loads(out or "{}").items():
+            yield str(job_id), str(info.get("state")), str(info.get("name"))

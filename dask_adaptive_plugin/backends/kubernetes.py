@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import logging
 import os
 import re
@@ -34,7 +33,7 @@ import distributed
 import yaml
 
 from dask_adaptive_plugin.backend import Backend
-from dask_adaptive_plugin.backends.workers import parse_worker_args
+from dask_adaptive_plugin.backends.workers import parse_cluster_name, parse_worker_args
 from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 
 try:
@@ -61,9 +60,6 @@ WORKER_LABEL = "dask-adaptive-plugin/worker"
 #: The image when neither the template nor the ``image`` option names one:
 #: the official Dask image of the scheduler's own version.
 DEFAULT_IMAGE = f"ghcr.io/dask/dask:{distributed.__version__}"
-#: Cluster names are cut to this length, so that ``<name>-<8 hex>`` Pod names
-#: stay valid label values (at most 63 characters).
-MAX_CLUSTER_NAME = 54
 #: Keys under a kubeconfig user whose values are secrets.
 SECRET_KEY = re.compile(r"token|password|secret|key-data", re.IGNORECASE)
 #: Credentials written out in text: an Authorization value, ``token=...``.
@@ -186,7 +182,7 @@ class KubernetesBackend(Backend):
         self.scheduler_address = (
             _optional_text("scheduler_address", scheduler_address) or scheduler.address
         )
-        self.cluster_name = _parse_cluster_name(cluster_name, self.scheduler_address)
+        self.cluster_name = parse_cluster_name(cluster_name, self.scheduler_address)
         self.kubeconfig = _optional_text("kubeconfig", kubeconfig)
         self.context = _optional_text("context", context)
         self.api_url = _optional_text("api_url", api_url)
@@ -638,47 +634,6 @@ def _secret_values(node: Any, secret: bool = False) -> Iterable[str]:
             yield from _secret_values(value, secret)
     elif secret and isinstance(node, str):
         yield node
-
-
-def label_safe_name(text: str) -> str:
-    """``text`` as a Pod-name prefix and label value: ``[a-z0-9-]``, short.
-
-    Examples
-    --------
-    >>> label_safe_name("tcp://10.0.0.5:8786")
-    'tcp-10-0-0-5-8786'
-    """
-    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    if len(name) > MAX_CLUSTER_NAME:
-        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-        name = name[: MAX_CLUSTER_NAME - 9].rstrip("-") + "-" + digest
-    return name
-
-
-def default_cluster_name(address: str) -> str:
-    """The cluster name derived from the scheduler's address.
-
-    Examples
-    --------
-    >>> default_cluster_name("tcp://dask-scheduler.jobs:8786")
-    'dask-dask-scheduler-jobs-8786'
-    """
-    location = address.partition("://")[2] or address
-    return label_safe_name("dask-" + location)
-
-
-def _parse_cluster_name(value: Any, address: str) -> str:
-    if value is None:
-        return default_cluster_name(address)
-    name = label_safe_name(value) if isinstance(value, str) else ""
-    if not name:
-        raise invalid(
-            "cluster_name",
-            value,
-            "a non-empty name of letters, digits and '-'",
-            backend_option=True,
-        )
-    return name
 
 
 def _load_pod_template(value: Any) -> dict[str, Any]:
