@@ -7,11 +7,13 @@ Each test runs a real scheduler, real workers (in the scheduler's process, see
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import dask
+import dask.array as da
 import pytest
-from distributed import Client, Scheduler, wait
+from distributed import Client, Scheduler, Worker, get_worker, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils_test import gen_test, inc, slowinc
 
@@ -178,6 +180,59 @@ async def test_workers_that_another_plugin_vetoes_are_not_retired():
         assert set(s.workers) == workers
         assert "down" not in statuses(plugin)
         assert plugin.controller.evaluations < 50  # a veto does not make it spin
+
+
+GATE = threading.Event()
+HELD_ON: list[str] = []
+
+
+def wait_at_the_gate_for_chunk_0(block, block_info=None):
+    """Hold one output chunk of the shuffle until the test opens the gate."""
+    if block_info[None]["chunk-location"] == (0, 0):
+        HELD_ON.append(get_worker().address)
+        GATE.wait(30)
+    return block
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_an_idle_worker_in_a_running_p2p_shuffle_is_not_retired():
+    """distributed's own P2P shuffle vetoes retiring its workers: an idle
+    participant stays while the shuffle runs, and goes when it is done."""
+    GATE.clear()
+    HELD_ON.clear()
+    async with adaptive_cluster(policy="fixed", n=1, idle_timeout="2s") as (
+        s, c, plugin, _,
+    ):  # fmt: skip
+        await until(lambda: len(s.workers) == 1)
+        async with Worker(s.address, nthreads=1):  # one more than fixed n=1
+            x = da.ones((4000, 4000), chunks=(4000, 250))
+            with dask.config.set({"array.rechunk.method": "p2p"}):
+                y = x.rechunk((250, 4000)).map_blocks(
+                    wait_at_the_gate_for_chunk_0, dtype=float
+                )
+            total = c.compute(y.sum())
+            shuffles = s.plugins["shuffle"].active_shuffles
+
+            def idle_participants():
+                running = [sh.participating_workers for sh in shuffles.values()]
+                return [a for a, ws in s.workers.items()
+                        if not ws.processing and any(a in p for p in running)]  # fmt: skip
+
+            await until(lambda: HELD_ON, what="the gated chunk running")
+            (idle,) = set(s.workers) - set(HELD_ON)
+            await until(
+                lambda: idle_participants() == [idle], what="idle in the shuffle"
+            )
+            # well past the idle timeout, with the fixed policy wanting one fewer
+            await asyncio.sleep(3)
+            assert idle in s.workers and idle_participants() == [idle]
+            assert "down" not in statuses(plugin)
+            GATE.set()
+            assert await total == 4000 * 4000
+            del total
+            await until(lambda: len(s.workers) == 1, what="retired after the shuffle")
+            assert "down" in statuses(plugin)
+            assert plugin.controller.evaluations < 50  # the veto made it not spin
 
 
 @gen_test(timeout=60, clean_kwargs={"threads": False})
