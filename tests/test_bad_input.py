@@ -25,6 +25,7 @@ from dask_adaptive_plugin.config import (
     parse_key_value,
 )
 from helpers import until
+from inprocess import InProcessBackend
 
 #: Anything a user, a config file or an environment variable might hand us.
 values = st.one_of(
@@ -195,3 +196,32 @@ async def test_a_backend_answering_nonsense_never_breaks_the_scheduler(broken):
             assert failing()[0]["action"] == "scale_down"
             assert "TypeError" in failing()[0]["error"]
             assert await c.submit(inc, 2) == 3  # the scheduler keeps working
+
+
+# -- no other way in -----------------------------------------------------------------------
+
+
+def entrances(s: Scheduler) -> dict[str, set[str]]:
+    """Every way into the scheduler: comm handlers, stream handlers, HTTP routes."""
+    app = s.http_application
+    rules = [*app.default_router.rules, *app.wildcard_router.rules]
+    return {
+        "handlers": set(s.handlers),
+        "stream_handlers": set(s.stream_handlers),
+        "routes": {repr(rule.matcher) for rule in rules},
+    }
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_the_plugin_opens_no_handler_and_no_route():
+    """It is reached only through the scheduler's own comms (and their TLS)."""
+    async with Scheduler(host="127.0.0.1", dashboard_address=":0") as s:
+        before = entrances(s)
+        assert before["handlers"] and before["routes"]  # the check sees them
+        s.add_plugin(
+            AdaptivePlugin(backend=InProcessBackend, maximum=1, idle_timeout="100ms")
+        )
+        async with Client(s.address, asynchronous=True) as c:
+            assert await c.submit(inc, 1) == 2  # one scale-up, one scale-down
+            await until(lambda: not s.workers, what="scaled down")
+        assert entrances(s) == before
