@@ -37,11 +37,13 @@ def alive(pid: int) -> bool:
 
 
 @contextmanager
-def scheduler_process(tmp_path: Path, *args: str, command=SCHEDULER, env=None):
+def scheduler_process(
+    tmp_path: Path, *args: str, command=SCHEDULER, env=None, port: int = 0
+):
     """A ``dask scheduler --preload dask_adaptive_plugin`` process and its address."""
     scheduler_file = tmp_path / "scheduler.json"
     cmd = [*command, "--preload", "dask_adaptive_plugin", *args,
-           "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+           "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0",
            "--scheduler-file", str(scheduler_file)]  # fmt: skip
     log = open(tmp_path / "scheduler.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

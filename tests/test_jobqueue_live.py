@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,12 +32,15 @@ from distributed.utils_test import gen_test, slowinc
 dask_jobqueue_config = pytest.importorskip("dask_jobqueue.config")
 
 from conftest import require_live  # noqa: E402
+from helpers import free_port  # noqa: E402
+from test_cli import scheduler_process, wait_for  # noqa: E402
 from dask_adaptive_plugin import AdaptivePlugin  # noqa: E402
 from dask_adaptive_plugin.backends.jobqueue import (  # noqa: E402
     PBSBackend,
     SGEBackend,
     SLURMBackend,
 )
+from dask_adaptive_plugin.backends.workers import default_cluster_name  # noqa: E402
 from dask_adaptive_plugin.shell import CommandError, run_command  # noqa: E402
 
 LIVE_DIR = os.environ.get("DASK_ADAPTIVE_LIVE_DIR") or os.path.join(
@@ -405,3 +409,57 @@ async def test_jobs_of_an_earlier_run_are_adopted_not_doubled(
         assert len(await live.jobs_named(other_name)) == 1
         await other.close()
         await until(lambda: _none(live.jobs_named(other_name)), 30, "the other job")
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_a_restarted_dask_scheduler_adopts_its_waiting_job(slurm, tmp_path, monkeypatch):
+    """``dask scheduler`` killed with SIGKILL leaves a job waiting in the queue;
+    restarted at the same address it takes that job over instead of submitting
+    another, and on SIGTERM cancels it."""
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    cluster = default_cluster_name(f"tcp://127.0.0.1:{port}")
+    args = [
+        "--adaptive-backend", "slurm", "--adaptive-maximum", "1",
+        "--adaptive-option", "cores=1", "--adaptive-option", "memory=1GB",
+        "--adaptive-option", f"python={sys.executable}",
+        # held: the job waits in the queue for ever
+        "--adaptive-option", "job_extra_directives=['--hold']",
+    ]  # fmt: skip
+    env = {**os.environ, **slurm.env}
+
+    def jobs() -> dict[str, str]:
+        return asyncio.run(slurm.jobs_named(cluster))
+
+    (tmp_path / "first").mkdir()
+    with scheduler_process(tmp_path / "first", *args, port=port, env=env) as (
+        proc, address,
+    ):  # fmt: skip
+        with Client(address, timeout=30) as client:
+            waiting = client.submit(pow, 2, 2)
+            wait_for(jobs, 30, "a job in the queue")
+            (job_id,) = jobs()
+            proc.kill()  # no clean-up
+            proc.wait(30)
+            del waiting
+    assert jobs() == {job_id: "PD"}, "the earlier run's job is still waiting"
+
+    (tmp_path / "second").mkdir()
+    with scheduler_process(tmp_path / "second", *args, port=port, env=env) as (
+        proc, address,
+    ):  # fmt: skip
+        with Client(address, timeout=30) as client:
+            waiting = client.submit(pow, 2, 3)
+
+            def recovered() -> list[dict[str, Any]]:
+                return [e for _, e in client.get_events("adaptive")
+                        if e["status"] == "recovered"]  # fmt: skip
+
+            wait_for(recovered, 30, "the earlier job adopted")
+            assert list(recovered()[0]["adopted"]) == [job_id]
+            assert jobs() == {job_id: "PD"}, "adopted, not submitted again"
+            del waiting
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    wait_for(lambda: not jobs(), 30, "the adopted job cancelled on SIGTERM")
