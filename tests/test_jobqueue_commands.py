@@ -495,6 +495,10 @@ def test_unknown_and_missing_options_are_clear_errors():
     with pytest.raises(ValueError, match=r"backend option resubmit_pending"):
         AdaptivePlugin(backend="pbs", backend_options={"cores": 1, "memory": "1GB",
                                                        "resubmit_pending": "maybe"})  # fmt: skip
+    with pytest.raises(ValueError, match=r"backend option job_name .*expected cluster_name instead"):
+        AdaptivePlugin(backend="slurm", backend_options={"job_name": "mine"})
+    with pytest.raises(ValueError, match=r"backend option cluster_name .*: '--'; expected a non-empty"):
+        AdaptivePlugin(backend="slurm", backend_options={"cluster_name": "--"})
 
     class Fake:
         address = "tcp://127.0.0.1:8786"

@@ -141,7 +141,8 @@ class JobQueueBackend(Backend):
     retires workers, jobs still waiting are cancelled too (the cluster has more
     than it needs). A job waiting longer than ``pending_timeout`` is reported
     as an event on topic ``"adaptive"`` and, with ``resubmit_pending``,
-    cancelled and submitted again. :meth:`close` cancels every job it submitted.
+    cancelled and submitted again. :meth:`close` cancels every job of its
+    cluster name.
 
     Jobs are named after their workers, with the cluster name first; jobs of
     this cluster name that the backend did not submit (an earlier run of a
@@ -221,6 +222,7 @@ class JobQueueBackend(Backend):
     @classmethod
     def check_options(cls, **options: Any) -> None:
         """Check option names and values before the scheduler starts."""
+        _refuse_job_name(options)
         super().check_options(**options)
         parse_cluster_name(options.pop("cluster_name", None), "tcp://scheduler:8786")
         _parse_pending_timeout(options.pop("pending_timeout", "10m"))
@@ -563,6 +565,7 @@ class JobQueueBackend(Backend):
     @classmethod
     def _check_job_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         system = cls.job_cls.config_name
+        _refuse_job_name(options)
         unknown = sorted(set(options) - set(cls.job_option_names()))
         if unknown:
             raise ValueError(
@@ -606,6 +609,17 @@ def _worker_names(name: str, processes: int) -> tuple[str, ...]:
     if processes == 1:
         return (name,)
     return tuple(f"{name}-{i}" for i in range(processes))
+
+
+def _refuse_job_name(options: dict[str, Any]) -> None:
+    if "job_name" in options:
+        raise invalid(
+            "job_name",
+            options["job_name"],
+            "cluster_name instead (jobs are named after their workers, "
+            "<cluster_name>-<id>, so that a restarted scheduler finds them)",
+            backend_option=True,
+        )
 
 
 def _check_cores_and_memory(options: dict[str, Any]) -> None:
