@@ -432,23 +432,21 @@ def test_a_restarted_dask_scheduler_adopts_its_waiting_job(slurm, tmp_path, monk
     def jobs() -> dict[str, str]:
         return asyncio.run(slurm.jobs_named(cluster))
 
-    (tmp_path / "first").mkdir()
-    with scheduler_process(tmp_path / "first", *args, port=port, env=env) as (
-        proc, address,
-    ):  # fmt: skip
-        with Client(address, timeout=30) as client:
-            waiting = client.submit(pow, 2, 2)
-            wait_for(jobs, 30, "a job in the queue")
-            (job_id,) = jobs()
-            proc.kill()  # no clean-up
-            proc.wait(30)
-            del waiting
+    def run(name: str):
+        """The scheduler process of one run, on the same port each time."""
+        (tmp_path / name).mkdir()
+        return scheduler_process(tmp_path / name, *args, port=port, env=env)
+
+    with run("first") as (proc, address), Client(address, timeout=30) as client:
+        waiting = client.submit(pow, 2, 2)
+        wait_for(jobs, 30, "a job in the queue")
+        (job_id,) = jobs()
+        proc.kill()  # no clean-up
+        proc.wait(30)
+        del waiting
     assert jobs() == {job_id: "PD"}, "the earlier run's job is still waiting"
 
-    (tmp_path / "second").mkdir()
-    with scheduler_process(tmp_path / "second", *args, port=port, env=env) as (
-        proc, address,
-    ):  # fmt: skip
+    with run("second") as (proc, address):
         with Client(address, timeout=30) as client:
             waiting = client.submit(pow, 2, 3)
 
