@@ -49,14 +49,29 @@ async def adaptive_cluster(**kwargs: Any):
             yield s, c, plugin, watcher
 
 
+@asynccontextmanager
+async def scheduler_with(backend: str, **plugin_options: Any):
+    """A scheduler (no dashboard) with the plugin, once its backend is made."""
+    async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as scheduler:
+        plugin = AdaptivePlugin(backend=backend, **plugin_options)
+        scheduler.add_plugin(plugin)
+        await until(lambda: plugin.backend is not None, what="the plugin to start")
+        yield scheduler, plugin
+
+
 async def until(
     predicate, timeout: float = 20, interval: float = 0.01, what: str = ""
 ) -> None:
-    """Wait until ``predicate()`` is true, at most ``timeout`` seconds."""
+    """Wait until ``predicate()`` is true (or, for a coroutine, its result is),
+    at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not await _result(predicate()):
         assert time.monotonic() < deadline, f"not reached in {timeout}s: {what or predicate}"
         await asyncio.sleep(interval)
+
+
+async def _result(value: Any) -> Any:
+    return await value if asyncio.iscoroutine(value) else value
 
 
 def statuses(plugin: AdaptivePlugin) -> list[str]:

@@ -11,7 +11,6 @@ real scheduler. Also here: :func:`run_command` and the ``command`` backend.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shlex
@@ -38,6 +37,7 @@ from dask_adaptive_plugin.backends.jobqueue import (  # noqa: E402
     SLURMBackend,
 )
 from dask_adaptive_plugin.shell import CommandError, run_command  # noqa: E402
+from helpers import events, until  # noqa: E402
 
 # -- the stand-in queue ---------------------------------------------------------------------
 
@@ -224,17 +224,6 @@ async def bare_scheduler():
         yield s
 
 
-async def until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not reached within {timeout}s: {what}"
-        await asyncio.sleep(0.1)
-
-
-def events(s: Scheduler) -> list[dict[str, Any]]:
-    return [msg for _, msg in s.get_events("adaptive")]
-
-
 # -- LSF: real workers through the stand-in --------------------------------------------------
 
 
@@ -278,7 +267,7 @@ async def test_lsf_job_script_and_commands_with_real_workers(stand_in, monkeypat
             ]
             assert command[command.index("--name") + 1] == job.name
             assert command[command.index("--nworkers") + 1] == "2"
-            await until(lambda: len(s.workers) == 2, 20, "both workers of the job")
+            await until(lambda: len(s.workers) == 2, 20, what="both workers of the job")
             names = sorted(str(ws.name) for ws in s.workers.values())
             assert names == [f"{job.name}-0", f"{job.name}-1"]
             for address in s.workers:
@@ -324,10 +313,12 @@ async def test_htcondor_submit_description_and_pending_jobs(stand_in):
         stand_in.set_state("101", "running")
 
         # pending for longer than pending_timeout: reported and resubmitted
-        await until(lambda: len(stand_in.calls("condor_rm")) >= 2, 10, "resubmission")
+        await until(
+            lambda: len(stand_in.calls("condor_rm")) >= 2, 10, what="resubmission"
+        )
         removed = {c["args"][-1] for c in stand_in.calls("condor_rm")}
         assert {"102.0", "103.0"} <= removed and "101.0" not in removed
-        reported = [e for e in events(s) if e["status"] == "job-pending"]
+        reported = events(s, "job-pending")
         assert {e["job_id"] for e in reported} >= {"102.0", "103.0"}
         assert all(e["action"] == "resubmitted" for e in reported)
         async with backend._lock:  # not in the middle of a resubmission
@@ -348,7 +339,7 @@ async def test_pending_job_is_reported_and_kept_without_resubmit(stand_in):
             s, cores=1, memory="1GB", lsf_units="mb", pending_timeout="0.5s"
         )
         await backend.scale_up(1)
-        await until(lambda: events(s), 10, "the report")
+        await until(lambda: events(s), 10, what="the report")
         (event,) = events(s)
         assert event["status"] == "job-pending" and event["job_id"] == "101"
         assert (
@@ -473,7 +464,7 @@ async def test_waiting_jobs_of_an_earlier_run_are_adopted(stand_in, backend_cls)
         await restarted.scale_up(1)
         assert list(restarted.jobs) == [job_id] and restarted.jobs[job_id].pending
         assert len(stand_in.calls()) == submitted + 1, "one listing, no submission"
-        (recovered,) = [e for e in events(s) if e["status"] == "recovered"]
+        (recovered,) = events(s, "recovered")
         assert recovered["adopted"] == [job_id]
         assert recovered["names"] == [earlier.jobs[job_id].name]
         await restarted.close()
@@ -495,9 +486,13 @@ def test_unknown_and_missing_options_are_clear_errors():
     with pytest.raises(ValueError, match=r"backend option resubmit_pending"):
         AdaptivePlugin(backend="pbs", backend_options={"cores": 1, "memory": "1GB",
                                                        "resubmit_pending": "maybe"})  # fmt: skip
-    with pytest.raises(ValueError, match=r"backend option job_name .*expected cluster_name instead"):
+    with pytest.raises(
+        ValueError, match=r"backend option job_name .*expected cluster_name instead"
+    ):
         AdaptivePlugin(backend="slurm", backend_options={"job_name": "mine"})
-    with pytest.raises(ValueError, match=r"backend option cluster_name .*: '--'; expected a non-empty"):
+    with pytest.raises(
+        ValueError, match=r"backend option cluster_name .*: '--'; expected a non-empty"
+    ):
         AdaptivePlugin(backend="slurm", backend_options={"cluster_name": "--"})
 
     class Fake:
@@ -620,7 +615,7 @@ async def test_command_backend_starts_and_stops_real_workers(launcher, tmp_path)
         await backend.scale_up(2)
         await backend.scale_up(2)  # two on their way: nothing more
         assert len(list(tmp_path.glob("start-*.args"))) == 2
-        await until(lambda: len(s.workers) == 2, 40, "two workers")
+        await until(lambda: len(s.workers) == 2, 40, what="two workers")
         async with Client(s.address, asynchronous=True) as c:
             assert await c.submit(slowinc, 1, delay=0.1) == 2
         names = sorted(str(ws.name) for ws in s.workers.values())
@@ -634,11 +629,13 @@ async def test_command_backend_starts_and_stops_real_workers(launcher, tmp_path)
 
         first = s.aliases[names[0]]
         await backend.scale_down([first])
-        await until(lambda: not pid_alive(pids[names[0]]), 20, "the first stopped")
-        await until(lambda: first not in s.workers, 20, "the first gone")
+        await until(lambda: not pid_alive(pids[names[0]]), 20, what="the first stopped")
+        await until(lambda: first not in s.workers, 20, what="the first gone")
         assert list(backend.workers) == [names[1]] and pid_alive(pids[names[1]])
         await backend.close()
-        await until(lambda: not pid_alive(pids[names[1]]), 20, "the second stopped")
+        await until(
+            lambda: not pid_alive(pids[names[1]]), 20, what="the second stopped"
+        )
         assert backend.workers == {}
     assert not marker.exists(), "a worker name was run by a shell"
 

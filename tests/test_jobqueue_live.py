@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,7 +31,7 @@ from distributed.utils_test import gen_test, slowinc
 dask_jobqueue_config = pytest.importorskip("dask_jobqueue.config")
 
 from conftest import require_live  # noqa: E402
-from helpers import free_port  # noqa: E402
+from helpers import events, free_port, until  # noqa: E402
 from test_cli import scheduler_process, wait_for  # noqa: E402
 from dask_adaptive_plugin import AdaptivePlugin  # noqa: E402
 from dask_adaptive_plugin.backends.jobqueue import (  # noqa: E402
@@ -42,6 +41,9 @@ from dask_adaptive_plugin.backends.jobqueue import (  # noqa: E402
 )
 from dask_adaptive_plugin.backends.workers import default_cluster_name  # noqa: E402
 from dask_adaptive_plugin.shell import CommandError, run_command  # noqa: E402
+
+#: Seconds between looks at the queue while waiting (each look runs a command).
+POLL = 0.2
 
 LIVE_DIR = os.environ.get("DASK_ADAPTIVE_LIVE_DIR") or os.path.join(
     os.environ.get("TMPDIR") or "/tmp", "dask-adaptive-live"
@@ -182,17 +184,6 @@ def pbs(slurm):
 # -- helpers --------------------------------------------------------------------------------
 
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await _value(predicate()):
-        assert time.monotonic() < deadline, f"not reached within {timeout}s: {what}"
-        await asyncio.sleep(0.2)
-
-
-async def _value(x: Any) -> Any:
-    return await x if asyncio.iscoroutine(x) else x
-
-
 def worker_options(cluster_name: str, **extra: Any) -> dict[str, Any]:
     return {
         "cores": 1,
@@ -234,15 +225,17 @@ async def scale_up_and_down(live: LiveQueue, maximum: int = 2) -> None:
         s, c, plugin,
     ):  # fmt: skip
         futures = c.map(slowinc, range(20), delay=0.4)
-        await until(lambda: live.jobs_named(name), 20, "jobs in the queue")
+        await until(lambda: live.jobs_named(name), 20, POLL, what="jobs in the queue")
         assert set(await live.jobs_named(name)) <= set(plugin.backend.jobs)
         assert await c.gather(futures) == list(range(1, 21))
         del futures
         names = {str(ws.name) for ws in s.workers.values()}
         assert names and all(n.startswith(f"{name}-") for n in names)
         assert 1 <= len(plugin.backend.jobs) <= maximum
-        await until(lambda: not s.workers, 30, "idle workers retired")
-        await until(lambda: _none(live.jobs_named(name)), 30, "cancelled jobs gone")
+        await until(lambda: not s.workers, 30, POLL, what="idle workers retired")
+        await until(
+            lambda: _none(live.jobs_named(name)), 30, POLL, what="cancelled jobs gone"
+        )
         assert not plugin.backend.jobs
         downs = [e for _, e in plugin.log if e["status"] == "down"]
         assert downs and not [e for _, e in plugin.log if e["status"] == "error"]
@@ -301,7 +294,9 @@ async def test_slurm_pending_job_counts_but_is_not_a_worker(
         plugin,
     ):
         futures = c.map(slowinc, range(200), delay=0.3)
-        await until(lambda: len(s.workers) == full, 45, "a worker on every node")
+        await until(
+            lambda: len(s.workers) == full, 45, POLL, what="a worker on every node"
+        )
         jobs = await slurm.jobs_named(name)
         assert sorted(jobs.values()) == ["PD"] + ["R"] * full, jobs
         (waiting,) = [i for i, state in jobs.items() if state == "PD"]
@@ -309,7 +304,12 @@ async def test_slurm_pending_job_counts_but_is_not_a_worker(
         assert plugin.backend.jobs[waiting].pending
         assert waiting not in {plugin.backend._job_of_worker[str(ws.name)].job_id
                                for ws in s.workers.values()}  # fmt: skip
-        await until(lambda: pending_events(s, waiting), 15, "the overdue job reported")
+        await until(
+            lambda: pending_events(s, waiting),
+            15,
+            POLL,
+            what="the overdue job reported",
+        )
         (event,) = pending_events(s, waiting)
         assert event["action"] == "resubmitted" and event["pending_for"] >= 3
         # re-asked after start_timeout: still one job per wanted worker
@@ -320,21 +320,17 @@ async def test_slurm_pending_job_counts_but_is_not_a_worker(
         assert len(s.workers) == full
         await c.gather(futures)
         del futures
-        await until(lambda: not s.workers, 30, "idle workers retired")
-        await until(lambda: _none(slurm.jobs_named(name)), 30, "every job gone")
-        cancelled = [e for e in events(s) if e["status"] == "jobs-cancelled"]
+        await until(lambda: not s.workers, 30, POLL, what="idle workers retired")
+        await until(
+            lambda: _none(slurm.jobs_named(name)), 30, POLL, what="every job gone"
+        )
+        cancelled = events(s, "jobs-cancelled")
         assert cancelled, "the waiting job was not cancelled with the idle workers"
     assert not await slurm.jobs_named(name)
 
 
-def events(s: Scheduler) -> list[dict[str, Any]]:
-    return [msg for _, msg in s.get_events("adaptive")]
-
-
 def pending_events(s: Scheduler, job_id: str) -> list[dict[str, Any]]:
-    return [
-        e for e in events(s) if e["status"] == "job-pending" and e["job_id"] == job_id
-    ]
+    return [e for e in events(s, "job-pending") if e["job_id"] == job_id]
 
 
 @pytest.mark.slurm
@@ -346,7 +342,7 @@ async def test_slurm_job_of_two_workers_is_one_unit(slurm, tmp_path, monkeypatch
     options = worker_options(name, cores=2, memory="2GB", processes=2)
     async with adaptive_scheduler("slurm", 2, options) as (s, c, plugin):
         futures = c.map(slowinc, range(12), delay=0.4)
-        await until(lambda: len(s.workers) == 2, 45, "two workers")
+        await until(lambda: len(s.workers) == 2, 45, POLL, what="two workers")
         assert len(await slurm.jobs_named(name)) == 1
         (job,) = plugin.backend.jobs.values()
         names = sorted(str(ws.name) for ws in s.workers.values())
@@ -356,12 +352,19 @@ async def test_slurm_job_of_two_workers_is_one_unit(slurm, tmp_path, monkeypatch
         await c.gather(futures)
         del futures
         # never half a job: both workers go in one decision
-        await until(lambda: not s.workers, 30, "both workers retired")
+        await until(lambda: not s.workers, 30, POLL, what="both workers retired")
         downs = [e for _, e in plugin.log if e["status"] == "down"]
         assert len(downs) == 1
         assert len(downs[0]["workers"]) == 2, downs
-        await until(lambda: _none(slurm.jobs_named(name)), 30, "the job cancelled")
-    await until(lambda: _none(slurm.jobs_named(name)), 30, "the job cancelled on close")
+        await until(
+            lambda: _none(slurm.jobs_named(name)), 30, POLL, what="the job cancelled"
+        )
+    await until(
+        lambda: _none(slurm.jobs_named(name)),
+        30,
+        POLL,
+        what="the job cancelled on close",
+    )
 
 
 @pytest.mark.parametrize(
@@ -391,29 +394,33 @@ async def test_jobs_of_an_earlier_run_are_adopted_not_doubled(
         await restarted.scale_up(1)  # before the earlier worker has connected
         assert list(restarted.jobs) == [job_id], "adopted, not submitted again"
         assert list(await live.jobs_named(name)) == [job_id]
-        (recovered,) = [e for e in events(s) if e["status"] == "recovered"]
+        (recovered,) = events(s, "recovered")
         assert recovered["adopted"] == [job_id]
 
         # another cluster's backend on this scheduler counts only its own jobs
         other = backend_cls(s, **worker_options(other_name))
         await other.scale_up(1)
-        await until(lambda: len(s.workers) == 2, 45, "both workers")
+        await until(lambda: len(s.workers) == 2, 45, POLL, what="both workers")
         (address,) = [a for a, ws in s.workers.items() if ws.name.startswith(name)]
         assert restarted.stopped_together(address) == [address]
         await restarted.scale_down([address])
         await until(
-            lambda: _none(live.jobs_named(name)), 30, "the adopted job cancelled"
+            lambda: _none(live.jobs_named(name)), 30, POLL, what="the adopted job"
         )
         assert len(await live.jobs_named(other_name)) == 1, "another cluster's job"
         await restarted.close()
         assert len(await live.jobs_named(other_name)) == 1
         await other.close()
-        await until(lambda: _none(live.jobs_named(other_name)), 30, "the other job")
+        await until(
+            lambda: _none(live.jobs_named(other_name)), 30, POLL, what="the other job"
+        )
 
 
 @pytest.mark.slurm
 @pytest.mark.timeout(180)
-def test_a_restarted_dask_scheduler_adopts_its_waiting_job(slurm, tmp_path, monkeypatch):
+def test_a_restarted_dask_scheduler_adopts_its_waiting_job(
+    slurm, tmp_path, monkeypatch
+):
     """``dask scheduler`` killed with SIGKILL leaves a job waiting in the queue;
     restarted at the same address it takes that job over instead of submitting
     another, and on SIGTERM cancels it."""

@@ -24,7 +24,7 @@ import yaml
 from conftest import LIVE_REQUIRED
 from distributed import Client, Scheduler
 from distributed.core import Status
-from helpers import assert_no_secret, events, free_port, until
+from helpers import assert_no_secret, events, free_port, scheduler_with, until
 
 from dask_adaptive_plugin import AdaptivePlugin
 
@@ -69,17 +69,6 @@ async def kubernetes_api() -> AsyncIterator[tuple[Any, str]]:
             kind="Pod", singular="pod", namespaced=True
         )
         yield emulator, str(server.url).rstrip("/")
-
-
-@contextlib.asynccontextmanager
-async def scheduler_with(
-    **plugin_options: Any,
-) -> AsyncIterator[tuple[Scheduler, AdaptivePlugin]]:
-    async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as scheduler:
-        plugin = AdaptivePlugin(backend="kubernetes", **plugin_options)
-        scheduler.add_plugin(plugin)
-        await until(lambda: plugin.backend is not None, what="the plugin to start")
-        yield scheduler, plugin
 
 
 def write_kubeconfig(directory: Path, server: str) -> str:
@@ -235,7 +224,7 @@ def test_scale_up_from_zero_and_idle_pods_deleted(
         async with kubernetes_api() as (emulator, url), Kubelet(url) as kubelet:
             options = {"kubeconfig": write_kubeconfig(tmp_path, url)}
             async with scheduler_with(
-                maximum=2, idle_timeout="2s", backend_options=options
+                "kubernetes", maximum=2, idle_timeout="2s", backend_options=options
             ) as (scheduler, plugin):
                 cluster = plugin.backend.cluster_name  # type: ignore[union-attr]
                 assert alive_pods(emulator) == {}
@@ -269,7 +258,7 @@ def test_pending_pods_reported_and_not_double_counted(
                 "pending_timeout": "1s",
             }
             async with scheduler_with(
-                maximum=1, start_timeout="2s", backend_options=options
+                "kubernetes", maximum=1, start_timeout="2s", backend_options=options
             ) as (scheduler, plugin):
                 async with Client(scheduler.address, asynchronous=True) as client:
                     future = client.submit(sum, [1, 2])
@@ -363,7 +352,10 @@ def test_unreachable_api_is_an_event_and_the_scheduler_lives(
             "kubeconfig": write_kubeconfig(tmp_path, server),
             "api_timeout": "5s",
         }
-        async with scheduler_with(minimum=1, backend_options=options) as (scheduler, _):
+        async with scheduler_with("kubernetes", minimum=1, backend_options=options) as (
+            scheduler,
+            _,
+        ):
             await until(lambda: events(scheduler, "error"), what="an error event")
             errors = " ".join(e["error"] for e in events(scheduler, "error"))
             assert "KubernetesAPIError" in errors
@@ -393,7 +385,9 @@ def test_error_answers_never_show_the_token(
                 << refusal
             )
             options = {"kubeconfig": write_kubeconfig(tmp_path, url)}
-            async with scheduler_with(minimum=1, backend_options=options) as (
+            async with scheduler_with(
+                "kubernetes", minimum=1, backend_options=options
+            ) as (
                 scheduler,
                 _,
             ):

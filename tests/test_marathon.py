@@ -12,23 +12,22 @@ point. The test command installs it::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from importlib.metadata import entry_points
 from typing import Any
 
 import pytest
 from conftest import require_live
-from distributed import Client, Scheduler
+from distributed import Client
 from distributed.core import Status
-from helpers import assert_no_secret, events, free_port, until
+from helpers import assert_no_secret, events, free_port, scheduler_with, until
 from marathon_standin import MarathonStandIn
 
-from dask_adaptive_plugin import AdaptivePlugin, registry
+from dask_adaptive_plugin import registry
 
 pytestmark = pytest.mark.marathon
 
@@ -76,17 +75,6 @@ def backend_options(url: str, **more: Any) -> dict[str, Any]:
     }
 
 
-@contextlib.asynccontextmanager
-async def scheduler_with(
-    **plugin_options: Any,
-) -> AsyncIterator[tuple[Scheduler, AdaptivePlugin]]:
-    async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as scheduler:
-        plugin = AdaptivePlugin(backend="marathon", **plugin_options)
-        scheduler.add_plugin(plugin)
-        await until(lambda: plugin.backend is not None, what="the plugin to start")
-        yield scheduler, plugin
-
-
 # -- tests -----------------------------------------------------------------------------
 
 
@@ -126,6 +114,7 @@ def test_scale_up_from_zero_and_retire_exactly_the_idle_tasks(
     async def scenario() -> None:
         async with MarathonStandIn(token=TOKEN) as marathon:
             async with scheduler_with(
+                "marathon",
                 minimum=1,
                 maximum=2,
                 idle_timeout="2s",
@@ -174,7 +163,9 @@ def test_api_errors_are_events_without_the_token(
                 "internal error; request carried Authorization: {auth}",
             )
             options = backend_options(marathon.url)
-            async with scheduler_with(minimum=1, backend_options=options) as (
+            async with scheduler_with(
+                "marathon", minimum=1, backend_options=options
+            ) as (
                 scheduler,
                 _,
             ):
@@ -200,7 +191,9 @@ def test_wrong_token_and_unreachable_api_are_clear_errors(
     async def scenario() -> None:
         async with MarathonStandIn(token="another-token") as marathon:
             options = backend_options(marathon.url)
-            async with scheduler_with(minimum=1, backend_options=options) as (
+            async with scheduler_with(
+                "marathon", minimum=1, backend_options=options
+            ) as (
                 scheduler,
                 _,
             ):
@@ -209,7 +202,10 @@ def test_wrong_token_and_unreachable_api_are_clear_errors(
                 assert_no_secret(scheduler, caplog, TOKEN, "marathon")
 
         options = backend_options(f"http://127.0.0.1:{free_port()}")
-        async with scheduler_with(minimum=1, backend_options=options) as (scheduler, _):
+        async with scheduler_with("marathon", minimum=1, backend_options=options) as (
+            scheduler,
+            _,
+        ):
             await until(lambda: events(scheduler, "error"), what="an error event")
             error = events(scheduler, "error")[0]["error"]
             assert "failed: ConnectionRefusedError" in error
