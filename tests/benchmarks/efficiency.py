@@ -196,13 +196,7 @@ async def adaptive_run(
 ) -> dict[str, Any]:
     """One run of ``workload`` on ``LocalCluster(n_workers=0).adapt(...)``."""
     timeline = WorkerTimeline()
-    async with LocalCluster(
-        n_workers=0,
-        threads_per_worker=1,
-        asynchronous=True,
-        dashboard_address=":0",
-        host="127.0.0.1",
-    ) as cluster:
+    async with _reference_cluster() as cluster:
         cluster.scheduler.add_plugin(timeline)
         calls = _record_calls(cluster, "scale")
         adaptive = cluster.adapt(minimum=MINIMUM, maximum=maximum)
@@ -271,14 +265,19 @@ async def _backend_startup(worker_args: list[str]) -> float:
             await backend.close()
 
 
-async def _cluster_startup() -> float:
-    async with LocalCluster(
+def _reference_cluster() -> LocalCluster:
+    """The reference side: ``LocalCluster(n_workers=0)``, one thread per worker."""
+    return LocalCluster(
         n_workers=0,
         threads_per_worker=1,
         asynchronous=True,
         dashboard_address=":0",
         host="127.0.0.1",
-    ) as cluster:
+    )
+
+
+async def _cluster_startup() -> float:
+    async with _reference_cluster() as cluster:
         start = time.perf_counter()
         cluster.scale(1)
         return await _first_worker(cluster.scheduler, start)
