@@ -297,7 +297,17 @@ async def test_slurm_pending_job_counts_but_is_not_a_worker(
         await until(
             lambda: len(s.workers) == full, 45, POLL, what="a worker on every node"
         )
-        jobs = await slurm.jobs_named(name)
+        listing: dict[str, str] = {}
+
+        async def agrees_with_backend() -> bool:
+            # the waiting job may be resubmitted (pending_timeout 3s) between
+            # reading the queue and reading the backend: read both again
+            listing.clear()
+            listing.update(await slurm.jobs_named(name))
+            return set(listing) <= set(plugin.backend.jobs)
+
+        await until(agrees_with_backend, 15, POLL, what="queue and backend agree")
+        jobs = dict(listing)
         assert sorted(jobs.values()) == ["PD"] + ["R"] * full, jobs
         (waiting,) = [i for i, state in jobs.items() if state == "PD"]
         # the waiting job is counted as a worker on its way, not as a worker
