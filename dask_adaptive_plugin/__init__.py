@@ -6,23 +6,42 @@ Start it with ``dask scheduler --preload dask_adaptive_plugin`` or add an
 
 from __future__ import annotations
 
-from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend, PoolContext
 from dask_adaptive_plugin.config import load_defaults
 from dask_adaptive_plugin.plugin import AdaptivePlugin
-from dask_adaptive_plugin.policy import AdaptivePolicy, Decision, FixedPolicy, Policy
-from dask_adaptive_plugin.stats import ClusterStats, Snapshot
+from dask_adaptive_plugin.policy import (
+    AdaptivePolicy,
+    Down,
+    FixedPolicy,
+    Plan,
+    Policy,
+    PoolSupply,
+    Supply,
+    Up,
+)
+from dask_adaptive_plugin.pools import Pool
+from dask_adaptive_plugin.stats import ClusterStats, Need, Snapshot
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "PENDING",
+    "RUNNING",
     "AdaptivePlugin",
     "AdaptivePolicy",
     "Backend",
     "ClusterStats",
-    "Decision",
+    "Down",
     "FixedPolicy",
+    "Need",
+    "Plan",
     "Policy",
+    "Pool",
+    "PoolContext",
+    "PoolSupply",
     "Snapshot",
+    "Supply",
+    "Up",
     "dask_setup",
 ]
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -10,9 +13,42 @@ if TYPE_CHECKING:
 
     from distributed import Scheduler
 
+logger = logging.getLogger(__name__)
+
+#: What :meth:`Backend.report` says of a worker it launched: waiting (a queued
+#: job, a Pending Pod) or started (its worker may still be connecting).
+PENDING = "pending"
+RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """What the plugin tells a backend about the pool it serves.
+
+    Set as :attr:`Backend.pool` before the plugin's first call. A backend used
+    on its own (in a test) keeps the default, which names workers through the
+    scheduler and logs events on topic ``"adaptive"`` directly.
+
+    Attributes
+    ----------
+    name
+        The pool's name.
+    log_event
+        Records an event (a dict with ``status`` and ``reason``) through the
+        plugin: it reaches ``plugin.log`` and topic ``"adaptive"``, with the
+        pool's name.
+    worker_name
+        The name of a worker from its address, also for a worker that has
+        already left the scheduler (a crashed one).
+    """
+
+    name: str = "default"
+    log_event: Callable[[dict[str, Any]], None] | None = None
+    worker_name: Callable[[str], str | None] | None = None
+
 
 class Backend:
-    """Starts and stops workers for the adaptive plugin.
+    """Starts and stops the workers of one pool for the adaptive plugin.
 
     This is the object of Dask's adaptive deployments: the plugin decides
     *when* to scale, a backend knows *how*. It is constructed as
@@ -25,10 +61,11 @@ class Backend:
        options there, raising ``ValueError`` that names the bad one (override
        :meth:`check_options` to run the same checks before the scheduler starts);
     3. implement :meth:`scale_up` and :meth:`scale_down`, as plain functions or
-       coroutines;
-    4. optionally implement :meth:`close`, :meth:`cancel_pending` and
-       :meth:`stopped_together`, and
-       set :attr:`maximum` and :attr:`threads_per_worker` when you know them;
+       coroutines; ``n`` counts only the workers of this backend;
+    4. optionally implement :meth:`report` (what you launched, by worker
+       name), :meth:`close`, :meth:`cancel_pending` and
+       :meth:`stopped_together`, and set :attr:`maximum` and
+       :attr:`threads_per_worker` when you know them (in ``__init__`` is fine);
     5. register the class in your package's ``setup.cfg``::
 
            [options.entry_points]
@@ -36,11 +73,11 @@ class Backend:
                mysystem = my_package:MySystemBackend
 
     Event-loop semantics: every method is called on the scheduler's event loop,
-    one call at a time (the plugin never overlaps two calls on one backend).
-    A plain function blocks the scheduler while it runs, so anything that
-    waits on I/O should be a coroutine. An exception is logged as an event on
-    topic ``"adaptive"`` and the call is retried later with back-off; it never
-    reaches the scheduler.
+    one call at a time per backend, each bounded by the pool's
+    ``start_timeout``. A plain function blocks the scheduler while it runs, so
+    anything that waits on I/O should be a coroutine. An exception is logged as
+    an event on topic ``"adaptive"`` and the call is retried later with
+    back-off; it never reaches the scheduler.
 
     Parameters
     ----------
@@ -52,12 +89,15 @@ class Backend:
     """
 
     #: The most workers this backend can run, or ``None`` for no bound of its
-    #: own. Used when the plugin's ``maximum`` is not set.
+    #: own. The pool's ``maximum`` is the lower of this and its own.
     maximum: int | None = None
 
     #: Threads each new worker will have; the policy uses it to size a
     #: cluster before any worker has connected.
     threads_per_worker: int = 1
+
+    #: The pool this backend serves; set by the plugin before its first call.
+    pool: PoolContext = PoolContext()
 
     def __init__(self, scheduler: Scheduler, **options: Any) -> None:
         if options:
@@ -89,34 +129,54 @@ class Backend:
             ) from None
 
     def scale_up(self, n: int, **kwargs: Any) -> None | Awaitable[None]:
-        """Bring the total number of workers up to ``n``.
+        """Bring this backend's workers up to ``n`` in total.
 
         Parameters
         ----------
         n
-            The total the cluster should have, counting workers already running
-            and those this backend has started that have not connected yet.
+            The total this backend should have: its workers running and those
+            it has launched that have not connected yet. Workers of other
+            pools, or started by hand, are not counted. Asked again with the
+            same ``n``, start nothing; asked for less, stop nobody.
         **kwargs
-            What waiting tasks need that no worker has: for each resource, the
-            largest amount one task asks for (tasks annotated
-            ``resources={"memory": 8e9}`` give ``memory=8e9``).
+            The resources each new worker must provide (``dask worker
+            --resources``): the pool's declared ``resources``, or for a pool
+            that declares none, for each resource the largest amount one
+            waiting task asks for (tasks annotated ``resources={"GPU": 1}``
+            give ``GPU=1``).
         """
         raise NotImplementedError
 
     def scale_down(self, workers: list[str]) -> None | Awaitable[None]:
-        """Stop the workers at these addresses.
+        """Stop the workers at these addresses, and forget them.
 
-        The plugin has already moved their data to other workers through
-        ``Scheduler.retire_workers``, and they are still known to the scheduler
-        (``scheduler.workers[address].name`` gives each one's name).
+        Usually the plugin has already moved their data to other workers
+        through ``Scheduler.retire_workers``. It also names workers that
+        crashed and have left the scheduler, so that their slots are freed:
+        :meth:`names` gives the name of either kind.
         """
         raise NotImplementedError
 
-    def cancel_pending(self) -> None | Awaitable[None]:
-        """Stop the workers requested that have not connected.
+    def report(self) -> Mapping[str, str] | None | Awaitable[Mapping[str, str] | None]:
+        """What this backend has launched and not stopped, by worker name.
 
-        Called when they are overdue (``start_timeout``); the plugin then asks
-        for workers again, after a back-off. The default does nothing.
+        Each name maps to :data:`PENDING` (waiting: a queued job, a Pending
+        Pod) or :data:`RUNNING` (started; its worker may still be connecting).
+        A name missing from it has ended. The plugin calls it after each call
+        to the backend and reconciles its ledger with it, so a waiting job
+        cancelled in ``scale_down`` leaves the count at once, and a worker the
+        backend adopted from an earlier run is counted. Answer from what you
+        know; do no slow I/O here. The default, ``None``: this backend cannot
+        tell, and the plugin counts from what it asked for and what connects.
+        """
+        return None
+
+    def cancel_pending(self) -> None | Awaitable[None]:
+        """Stop the workers launched that have not connected.
+
+        Called when they are overdue (the pool's ``start_timeout``); the
+        plugin then asks for workers again, after a cool-down, from this pool
+        or the next that fits. The default does nothing.
         """
 
     def stopped_together(self, address: str) -> list[str]:
@@ -130,3 +190,26 @@ class Backend:
 
     async def close(self) -> None:
         """Stop every worker this backend started and release its resources."""
+
+    # -- helpers for implementations ---------------------------------------------------
+
+    def names(self, addresses: Iterable[str]) -> list[str]:
+        """The worker names of these addresses (connected, or recently gone)."""
+        lookup = self.pool.worker_name
+        known = self.scheduler.workers
+        names = []
+        for address in addresses:
+            name = lookup(address) if lookup is not None else None
+            if name is None and address in known:
+                name = str(known[address].name)
+            if name is not None:
+                names.append(name)
+        return names
+
+    def log_event(self, event: dict[str, Any]) -> None:
+        """Record an event (``status`` and ``reason`` at least) through the plugin."""
+        if self.pool.log_event is not None:
+            self.pool.log_event(event)
+        else:
+            logger.info("%s: %s", type(self).__name__, event)
+            self.scheduler.log_event("adaptive", event)

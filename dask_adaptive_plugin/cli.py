@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dask_adaptive_plugin.config import parse_key_value
+from dask_adaptive_plugin.config import merge_config_file, parse_key_value
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def plugin_from_cli(
+    adaptive_config: str | None = None,
     adaptive_backend: str | None = None,
     adaptive_minimum: str | None = None,
     adaptive_maximum: str | None = None,
@@ -41,7 +42,11 @@ def plugin_from_cli(
     """Build the plugin from command-line values; ``ValueError`` if one is bad."""
     from dask_adaptive_plugin.plugin import AdaptivePlugin
 
-    backend_options = dict(parse_key_value("--adaptive-option", o) for o in adaptive_option)
+    if adaptive_config is not None:
+        merge_config_file(adaptive_config)
+    backend_options = dict(
+        parse_key_value("--adaptive-option", o) for o in adaptive_option
+    )
     policy_options = dict(
         parse_key_value("--adaptive-policy-option", o) for o in adaptive_policy_option
     )
@@ -71,6 +76,11 @@ class _ValidatingCommand(click.Command):
 
 
 @click.command(cls=_ValidatingCommand)
+@click.option(
+    "--adaptive-config",
+    metavar="FILE.yaml",
+    help="A dask config file merged first: pools, or the whole set-up.",
+)
 @click.option("--adaptive-backend", help="Backend name (default: config, 'local').")
 @click.option("--adaptive-minimum", help="Fewest workers (default 0).")
 @click.option("--adaptive-maximum", help="Most workers (default: the backend's bound).")
@@ -94,8 +104,7 @@ async def dask_setup(scheduler: Scheduler, **params: Any) -> None:
     """Add the adaptive plugin to a scheduler started with ``--preload``."""
     try:
         plugin = plugin_from_cli(**params)
-        scheduler.add_plugin(plugin)
-        await plugin.start(scheduler)
+        await scheduler.register_scheduler_plugin(plugin, idempotent=False)
     except Exception as e:
         logger.critical("dask-adaptive-plugin could not start: %s", e)
         raise SystemExit(f"dask-adaptive-plugin: {e}") from None

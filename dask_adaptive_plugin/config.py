@@ -154,7 +154,12 @@ def parse_key_value(flag: str, text: str) -> tuple[str, Any]:
 
 @dataclass(frozen=True)
 class Options:
-    """Validated plugin options, every one filled in."""
+    """Validated plugin options, every one filled in.
+
+    ``pools`` is the raw declaration of several pools (``None``: one pool,
+    ``"default"``, of ``backend``); :func:`~dask_adaptive_plugin.pools.resolve_pools`
+    checks it.
+    """
 
     backend: Any
     policy: Any
@@ -165,6 +170,7 @@ class Options:
     retire_timeout: float
     backend_options: dict[str, Any]
     policy_options: dict[str, Any]
+    pools: Any = None
 
 
 def _pick(name: str, given: Any) -> Any:
@@ -196,6 +202,7 @@ def resolve_options(
     retire_timeout: Any = None,
     backend_options: Any = None,
     policy_options: Any = None,
+    pools: Any = None,
 ) -> Options:
     """Fill every ``None`` from dask config and validate everything.
 
@@ -220,7 +227,9 @@ def resolve_options(
         policy=_check_plugin_reference("policy", _pick("policy", policy)),
         minimum=low,
         maximum=high,
-        idle_timeout=parse_duration("idle_timeout", _pick("idle_timeout", idle_timeout)),
+        idle_timeout=parse_duration(
+            "idle_timeout", _pick("idle_timeout", idle_timeout)
+        ),
         start_timeout=parse_duration(
             "start_timeout", _pick("start_timeout", start_timeout)
         ),
@@ -234,4 +243,31 @@ def resolve_options(
             **config_policy_options,
             **normalise_options("policy_options", policy_options),
         },
+        pools=pools if pools is not None else (_pick("pools", None) or None),
     )
+
+
+def merge_config_file(path: Any) -> None:
+    """Merge a dask config YAML file (``--adaptive-config``) into dask config.
+
+    Raises
+    ------
+    ValueError
+        naming the file, if it cannot be read or is not a mapping.
+    """
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(
+            f"invalid config file (--adaptive-config): {path!r} cannot be read: {e}"
+        ) from None
+    if data is None:
+        return
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"invalid config file (--adaptive-config): {path!r} holds "
+            f"{type(data).__name__}; expected a mapping such as "
+            f"'{NAMESPACE}: {{pools: ...}}'"
+        )
+    dask.config.update(dask.config.config, data, priority="new")

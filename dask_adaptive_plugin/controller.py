@@ -1,35 +1,37 @@
-"""The controller: turns events into decisions and decisions into backend calls.
+"""The controller: turns scheduler events into evaluations, and actions into
+backend calls, on the scheduler's event loop.
 
 Event-driven: :meth:`Controller.poke` is a flag. The first poke after a quiet
-spell schedules one evaluation at once on the event loop; pokes that arrive
-before it runs are coalesced into it. Timers exist only for deadlines: one the
-policy names (an idle worker's timeout), a requested worker that is overdue,
-or the end of a back-off after a failure. There is no polling.
+spell schedules one evaluation at once; pokes that arrive before it runs are
+coalesced into it. Timers exist only for deadlines: one the policy names (an
+idle worker's timeout), a requested worker that becomes overdue, the end of
+a back-off or cool-down. There is no polling. Every deadline and duration is
+measured on the event loop's monotonic clock.
 
-One backend action runs at a time; pokes during an action lead to one
-evaluation after it.
+Each pool runs one action at a time; the decisions themselves are made by
+the :class:`~dask_adaptive_plugin.planner.Planner`, which does no I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from time import time
 from typing import TYPE_CHECKING, Any
 
-from distributed.core import Status
-
-from dask_adaptive_plugin.policy import Decision, Policy
-from dask_adaptive_plugin.stats import ClusterStats
+from dask_adaptive_plugin import retire
+from dask_adaptive_plugin.background import BackgroundTasks
+from dask_adaptive_plugin.planner import Action, Cancel, Forget, Planner
+from dask_adaptive_plugin.policy import Down, Up
 
 if TYPE_CHECKING:
     from distributed import Scheduler
 
     from dask_adaptive_plugin.backend import Backend
+    from dask_adaptive_plugin.stats import ClusterStats
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +41,6 @@ logger = logging.getLogger(__name__)
 MIN_GAP = 0.02
 #: Seconds an action in progress gets to finish when the plugin stops.
 CLOSE_GRACE = 10.0
-BACKOFF_START = 1.0
-BACKOFF_CAP = 60.0
-
-
-#: A worker that leaves on its own this soon after it connected has crashed.
-CRASH_WINDOW = 30.0
-#: Consecutive crashes after which no more workers are asked for until new
-#: work is submitted.
-CRASH_LIMIT = 5
 
 
 async def call_backend(
@@ -65,24 +58,20 @@ async def call_backend(
 
 
 class Controller:
-    """Connects statistics, policy and backend for one scheduler.
+    """Connects statistics, planner and backends for one scheduler.
 
     Parameters
     ----------
     scheduler
         The scheduler whose workers are scaled.
     stats
-        Its incremental statistics.
-    policy
-        Decides what to do.
-    backend
-        Starts and stops workers.
+        Its incremental statistics (demand).
+    planner
+        Decides, and keeps the ledger (supply).
+    backends
+        Pool name -> its backend.
     record
-        Called with each decision's record (a dict with ``status`` and
-        ``reason``); the plugin keeps it in its log and as an event.
-    start_timeout
-        Seconds after which workers requested but not connected are given up
-        on; it also bounds every backend call.
+        Called with each record for the plugin's log and events.
     retire_timeout
         Seconds a retirement may take before it is aborted and the workers kept.
     """
@@ -91,81 +80,62 @@ class Controller:
         self,
         scheduler: Scheduler,
         stats: ClusterStats,
-        policy: Policy,
-        backend: Backend,
+        planner: Planner,
+        backends: Mapping[str, Backend],
         record: Callable[[dict[str, Any]], None],
-        start_timeout: float,
         retire_timeout: float = 60.0,
     ) -> None:
         self.scheduler = scheduler
         self.stats = stats
-        self.policy = policy
-        self.backend = backend
+        self.planner = planner
+        self.ledger = planner.ledger
+        self.backends = dict(backends)
         self.record = record
-        self.start_timeout = start_timeout
         self.retire_timeout = retire_timeout
         self.loop = asyncio.get_running_loop()
-        #: Workers requested from the backend that have not connected yet.
-        self.pending = 0
-        self.pending_since = 0.0
-        self.failures = 0
-        self.not_before = 0.0
-        #: When each worker connected, to tell a crash from a long life.
-        self.arrivals: dict[str, float] = {}
-        self.retiring: set[str] = set()
-        self.crashes = 0
-        self.last_evaluation = -math.inf
         self.evaluations = 0
         self.closed = False
+        self.last_evaluation = -math.inf
+        #: After a failed evaluation, none before this.
+        self.not_before = -math.inf
         self._soon: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._action: asyncio.Task | None = None
-        self._poked_during_action = False
+        #: The running action of each pool (``None``: workers no pool claims).
+        self._actions: dict[str | None, asyncio.Task[bool]] = {}
+        self._pokes = 0
+        self._tasks = BackgroundTasks("adaptive controller")
+
+    def now(self) -> float:
+        return self.loop.time()
 
     # -- events --------------------------------------------------------------------
 
     def poke(self) -> None:
         """Something changed: evaluate soon. O(1); safe to call from any hook."""
+        self._pokes += 1
         if self._soon is not None or self.closed:
             return
-        if self._action is not None:
-            self._poked_during_action = True
-            return
-        delay = max(self.last_evaluation + MIN_GAP, self.not_before) - time()
+        delay = max(self.last_evaluation + MIN_GAP, self.not_before) - self.now()
         if delay <= 0:
             self._soon = self.loop.call_soon(self._evaluate)
         else:
             self._soon = self.loop.call_later(delay, self._evaluate)
 
-    def worker_arrived(self, address: str, now: float) -> None:
-        self.arrivals[address] = now
-        if self.pending:
-            self.pending -= 1
-            # Only an arrival proves that asking for workers works: a scale_up
-            # call that returns is not enough to end a back-off.
-            self._succeeded()
-
-    def worker_left(self, address: str, now: float) -> None:
-        """A worker left: count it as a crash if it left early and on its own."""
-        arrived = self.arrivals.pop(address, None)
-        if address in self.retiring or arrived is None:
+    def worker_arrived(self, address: str) -> None:
+        ws = self.scheduler.workers.get(address)
+        if ws is None:
             return
-        lifetime = now - arrived
-        if lifetime > CRASH_WINDOW:
-            self.crashes = 0
-            return
-        self.crashes += 1
-        self._failed(
-            "worker",
-            RuntimeError(f"{address} exited {lifetime:.1f}s after it connected"),
-            now,
+        self.planner.arrived(
+            address,
+            str(ws.name),
+            ws.resources,
+            ws.nthreads,
+            self.now(),
+            busy=[p for p in self._actions if p is not None],
         )
 
-    def new_work(self) -> None:
-        """A graph arrived: a user wants work done, so crashes are forgiven."""
-        if self.crashes >= CRASH_LIMIT:
-            self.crashes = 0
-            self._succeeded()
+    def worker_left(self, address: str) -> None:
+        self.planner.left(address, self.now())
 
     # -- scheduling ----------------------------------------------------------------
 
@@ -175,7 +145,7 @@ class Controller:
             self._timer.cancel()
             self._timer = None
         if when is not None and not self.closed:
-            self._timer = self.loop.call_later(max(0.0, when - time()), self._on_timer)
+            self._timer = self.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -183,273 +153,183 @@ class Controller:
 
     def _evaluate(self) -> None:
         self._soon = None
-        if self.closed or self._action is not None:
+        if self.closed:
             return
-        now = time()
-        if self.pending and now > self.pending_since + self.start_timeout:
-            self._start(self._give_up_pending())
-            return
-        try:
-            decision = self.decide(now)
-        except Exception as e:
-            self._failed("decide", e, now)
-            return
-        if decision.status == "up" and self.crashes >= CRASH_LIMIT:
-            return  # until new work arrives: see new_work
-        if decision.status == "up":
-            self._start(self._scale_up(decision))
-        elif decision.status == "down":
-            self._start(self._scale_down(decision))
-        self._set_timer(self._next_deadline(decision))
-
-    def decide(self, now: float) -> Decision:
-        """One evaluation of the policy on the current statistics."""
-        self.last_evaluation = now
+        now = self.last_evaluation = self.now()
         self.evaluations += 1
-        stats = self.stats
-        if stats.needs_reseed:
-            stats.reseed(now)
-        stats.recheck_some_busy(now)
-        snapshot = stats.snapshot(
-            pending=self.pending,
-            threads_per_worker=getattr(self.backend, "threads_per_worker", 1) or 1,
-        )
-        return self.policy.decide(snapshot, now)
-
-    def _next_deadline(self, decision: Decision) -> float | None:
-        deadlines = [decision.deadline]
-        if self.pending:
-            deadlines.append(self.pending_since + self.start_timeout)
+        try:
+            evaluation = self.decide(now)
+        except Exception as e:
+            self.not_before = now + self.planner.failed(None, "decide", e, now)
+            self._set_timer(self.not_before)
+            return
+        for action in evaluation.actions:
+            self._start(action)
+        deadlines = [evaluation.deadline, self.stats.next_reseed()]
         upcoming = [d for d in deadlines if d is not None]
-        return min(upcoming) if upcoming else None
+        self._set_timer(min(upcoming) if upcoming else None)
+
+    def decide(self, now: float) -> Any:
+        """One evaluation of the planner on the current statistics."""
+        self.stats.reseed_if_due()
+        self.stats.recheck_some_busy()
+        return self.planner.evaluate(self.stats.snapshot(), now, busy=self._actions)
 
     # -- actions ---------------------------------------------------------------------
 
-    def _start(self, action: Awaitable[bool]) -> None:
-        self._action = asyncio.ensure_future(action)
-        self._action.add_done_callback(self._action_done)
+    def _start(self, action: Action) -> None:
+        task = self._tasks.spawn(self._run(action), f"{_describe(action)}")
+        self._actions[action.pool] = task
+        pokes = self._pokes
+        task.add_done_callback(lambda t: self._action_done(action, t, pokes))
 
-    def _action_done(self, task: asyncio.Task) -> None:
-        self._action = None
+    def _action_done(
+        self, action: Action, task: asyncio.Task[bool], pokes: int
+    ) -> None:
+        if self._actions.get(action.pool) is task:
+            del self._actions[action.pool]
         if task.cancelled() or self.closed:
             return
-        error = task.exception()
-        if error is not None:
-            # a failure the action did not expect (a backend answering
-            # nonsense): still an event and a back-off, never a crash
-            self._failed(task.get_coro().__name__.lstrip("_"), error, time())
-        changed = error is None and task.result()
-        poked, self._poked_during_action = self._poked_during_action, False
-        # After a change, look again at once; after an action that changed
-        # nothing, wait for the next event, so that nothing can spin.
-        if changed or poked:
+        changed = task.exception() is None and task.result()
+        # After a change (a failure is one: its back-off sets a deadline),
+        # look again at once; after an action that changed nothing, only if
+        # something else happened meanwhile, so that nothing can spin.
+        if changed or self._pokes != pokes:
             self.poke()
 
-    async def _scale_up(self, decision: Decision) -> bool:
-        workers = len(self.scheduler.workers)
-        record = {
-            "status": "up",
-            "n": decision.n,
-            "reason": decision.reason,
-            "workers": workers,
-            "pending": self.pending,
-        }
-        if decision.kwargs:
-            record["kwargs"] = dict(decision.kwargs)
-        self.record(record)
-        before = self.pending
-        # Counted before the call: workers may connect while it runs.
-        self.pending, self.pending_since = decision.n - workers, time()
+    async def _run(self, action: Action) -> bool:
+        """Run one action; whether it changed anything."""
+        backend = self.backends.get(action.pool) if action.pool is not None else None
+        requested = self.planner.starting(action, self.now())
+        error, changed = None, False
         try:
-            await call_backend(
-                self.backend.scale_up,
-                decision.n,
-                timeout=self.start_timeout,
-                **decision.kwargs,
-            )
+            changed = await self._call(action, backend)
         except Exception as e:
-            self.pending = before
-            self._failed("scale_up", e, time())
-            return False
-        return True
+            error = e
+        report = await self._report(action.pool, backend)
+        self.planner.finished(action, self.now(), requested, report, error)
+        # a failure changed something too: a back-off whose end is a deadline
+        return changed or error is not None
 
-    async def _scale_down(self, decision: Decision) -> bool:
-        eligible = self.retirable(decision.workers)
-        now = time()
-        for address in set(decision.workers) - set(eligible):
-            # Not retirable now: restart its idle clock, so it is not picked
-            # again before another idle timeout has passed.
-            if self.stats.idle.pop(address, None) is not None:
-                self.stats.idle[address] = now
-        # A worker whose batch-job mates are not idle long enough yet keeps its
-        # clock: the policy picks them together once they all are.
-        workers = self._whole_units(eligible)
+    async def _call(self, action: Action, backend: Backend | None) -> bool:
+        timeout = self._timeout(action.pool)
+        if isinstance(action, Up):
+            assert backend is not None
+            await call_backend(
+                backend.scale_up, action.n, timeout=timeout, **action.kwargs
+            )
+            return True
+        if isinstance(action, Down):
+            return await self._retire(action, backend)
+        if isinstance(action, Cancel):
+            cancel = getattr(backend, "cancel_pending", None)
+            if cancel is not None:
+                await call_backend(cancel, timeout=timeout)
+            return True
+        if isinstance(action, Forget):
+            if action.workers and backend is not None:
+                await call_backend(
+                    backend.scale_down, list(action.workers), timeout=timeout
+                )
+            return True
+        raise TypeError(f"unknown action {action!r}")
+
+    async def refresh(self) -> None:
+        """Reconcile the ledger with every backend that reports, now."""
+        for name, backend in self.backends.items():
+            if name in self._actions:
+                continue  # its action reconciles when it ends
+            report = await self._report(name, backend)
+            if report is not None:
+                self.planner.reconcile(name, report, self.now())
+
+    async def _report(
+        self, pool: str | None, backend: Backend | None
+    ) -> Mapping[str, str] | None:
+        """What the backend says it launched; ``None`` if it cannot tell."""
+        report = getattr(backend, "report", None)
+        if report is None or pool is None:
+            return None
+        try:
+            result = await call_backend(report, timeout=self._timeout(pool))
+        except Exception as e:
+            logger.warning("adaptive: pool %s: report() failed: %r", pool, e)
+            return None
+        if result is not None and not isinstance(result, Mapping):
+            logger.warning(
+                "adaptive: pool %s: report() returned %r, not a mapping", pool, result
+            )
+            return None
+        return result
+
+    def _timeout(self, pool: str | None) -> float:
+        p = self.planner.by_name.get(pool) if pool is not None else None
+        return p.pool.start_timeout if p is not None else 60.0
+
+    # -- retiring ----------------------------------------------------------------------
+
+    async def _retire(self, down: Down, backend: Backend | None) -> bool:
+        """Move the workers' data away, then have the backend stop them."""
+        if down.pool is None:
+            # workers no pool claimed: perhaps a backend adopted them since
+            await self.refresh()
+            if any(self.ledger.pool_of(a) is not None for a in down.workers):
+                return True  # decide again, now that they have a pool
+        now = self.now()
+        hold_until = now + self._idle_timeout(down.pool)
+        eligible = retire.retirable(self.scheduler, down.workers)
+        # Not retirable now (a veto, a running task): not chosen again before
+        # another idle timeout. A worker whose batch-job mates are not idle
+        # long enough yet keeps its place: they are chosen together later.
+        self.ledger.kept(set(down.workers) - set(eligible), until=hold_until)
+        workers = retire.whole_units(backend, eligible)
         if not workers:
             return False
-        for address in workers:
-            self.stats.idle.pop(address, None)
-        self.retiring.update(workers)
-        try:
-            return await self._retire(workers, decision.reason)
-        finally:
-            self.retiring.difference_update(workers)
-
-    async def _retire(self, workers: list[str], reason: str) -> bool:
-        """Move the workers' data away, then have the backend stop them."""
+        self.ledger.retiring(workers)
         stimulus_id = f"adaptive-retire-{time()}"
-        retired, why_kept = await self._move_data_away(workers, stimulus_id)
+        try:
+            retired, why_kept = await retire.move_data_away(
+                self.scheduler, workers, self.retire_timeout, stimulus_id
+            )
+        except BaseException:
+            self.ledger.kept(workers, until=self.now())  # the planner holds them
+            raise
         kept = sorted(set(workers) - set(retired))
-        for address in kept:
-            self.stats.idle[address] = time()
+        self.ledger.kept(kept, until=self.now() + self._idle_timeout(down.pool))
         if kept:
-            self.record({"status": "kept", "workers": kept, "reason": why_kept})
-        if not retired:
-            return False
-        self.record({"status": "down", "workers": retired, "reason": reason})
-        try:
-            await call_backend(
-                self.backend.scale_down, retired, timeout=self.start_timeout
-            )
-        except Exception as e:
-            self._failed("scale_down", e, time())
-        else:
-            self._succeeded()
-        finally:
-            await self._remove_from_scheduler(retired, stimulus_id)
-        return True
-
-    async def _move_data_away(
-        self, workers: list[str], stimulus_id: str
-    ) -> tuple[list[str], str]:
-        """``Scheduler.retire_workers``, bounded by ``retire_timeout``.
-
-        Returns the workers whose data is safe elsewhere, and why the others
-        are kept. distributed's retirement has no timeout of its own; one that
-        hangs is cancelled and the workers return to the running state.
-        """
-        try:
-            retired = await asyncio.wait_for(
-                self.scheduler.retire_workers(
-                    workers=workers,
-                    close_workers=False,
-                    remove=False,
-                    stimulus_id=stimulus_id,
-                ),
-                self.retire_timeout,
-            )
-        except asyncio.TimeoutError:
-            self._resume_workers(workers, stimulus_id)
-            return [], (
-                f"retirement did not finish within {self.retire_timeout:g}s; "
-                "the workers keep their data and their work"
-            )
-        return list(retired), "retirement aborted: their data could not be moved"
-
-    def _resume_workers(self, workers: list[str], stimulus_id: str) -> None:
-        """Undo an unfinished retirement, as the scheduler does when it aborts one."""
-        amm = self.scheduler.extensions.get("amm")
-        for policy in list(getattr(amm, "policies", ())):
-            if getattr(policy, "address", None) in workers:
-                amm.policies.discard(policy)  # type: ignore[union-attr]
-        for address in workers:
-            ws = self.scheduler.workers.get(address)
-            if ws is None or ws.status != Status.closing_gracefully:
-                continue
-            self.scheduler.handle_worker_status_change(Status.running, ws, stimulus_id)
-            self.scheduler.stream_comms[address].send(
+            self.record(
                 {
-                    "op": "worker-status-change",
-                    "status": Status.running.name,
-                    "stimulus_id": stimulus_id,
+                    "status": "kept",
+                    "pool": down.pool,
+                    "workers": kept,
+                    "reason": why_kept,
                 }
             )
-
-    async def _give_up_pending(self) -> bool:
-        """Requested workers are overdue: cancel them and ask again, after back-off."""
-        overdue, self.pending = self.pending, 0
-        cancel = getattr(self.backend, "cancel_pending", None)
-        error: Exception = TimeoutError(
-            f"{overdue} requested workers did not connect within "
-            f"{self.start_timeout:g}s"
-        )
-        if cancel is not None:
-            try:
-                await call_backend(cancel, timeout=self.start_timeout)
-            except Exception as e:
-                error = RuntimeError(f"{error}; cancelling them failed: {e}")
-        self._failed("start", error, time())
-        return False
-
-    def retirable(self, candidates: tuple[str, ...] | list[str]) -> list[str]:
-        """Of ``candidates``, those that may be retired right now.
-
-        Never a worker running or holding tasks to run, a long-running
-        (seceded) worker, one not in the running state, or one that another
-        plugin vetoes through ``valid_workers_downscaling``.
-        """
-        workers = self.scheduler.workers
-        wss = [
-            ws
-            for address in candidates
-            if (ws := workers.get(address)) is not None
-            and ws.status == Status.running
-            and not ws.processing
-            and not ws.long_running
-        ]
-        for plugin in list(self.scheduler.plugins.values()):
-            wss = plugin.valid_workers_downscaling(self.scheduler, wss)
-        return [ws.address for ws in wss]
-
-    def _whole_units(self, addresses: list[str]) -> list[str]:
-        """Keep only workers whose whole unit (a batch job) can go."""
-        together = getattr(self.backend, "stopped_together", None)
-        if together is None:
-            return addresses
-        allowed = set(addresses)
-        return [a for a in addresses if allowed.issuperset(together(a))]
-
-    async def _remove_from_scheduler(self, addresses: list[str], stimulus_id: str) -> None:
-        """Workers the backend stopped but the scheduler still lists: close them."""
-        for address in addresses:
-            if address in self.scheduler.workers:
-                await self.scheduler.remove_worker(
-                    address, close=True, expected=True, stimulus_id=stimulus_id
-                )
-
-    # -- failures ---------------------------------------------------------------------
-
-    def _failed(self, what: str, error: BaseException, now: float) -> None:
-        """Record a failure and wait longer after each one in a row.
-
-        Crashes count on their own: asking for workers succeeds while the
-        workers keep dying, and that must slow down too.
-        """
-        self.failures += 1
-        count = self.crashes if what == "worker" else self.failures
-        delay = min(BACKOFF_CAP, BACKOFF_START * 2 ** (count - 1))
-        self.not_before = now + delay
-        logger.warning("adaptive: %s failed (retry in %gs): %r", what, delay, error)
-        self._set_timer(self.not_before)
-        reason = f"{what} failed; retrying after back-off"
-        if self.crashes >= CRASH_LIMIT:
-            reason = (
-                f"{self.crashes} workers in a row exited soon after starting; "
-                "no more are asked for until new work is submitted"
-            )
+        if not retired:
+            return False
         self.record(
             {
-                "status": "error",
-                "action": what,
-                "error": f"{type(error).__name__}: {error}",
-                "failures": count,
-                "retry_in": delay,
-                "reason": reason,
+                "status": "down",
+                "pool": down.pool,
+                "workers": retired,
+                "reason": down.reason,
+                "cause": down.cause,
             }
         )
+        try:
+            if backend is not None:
+                await call_backend(
+                    backend.scale_down, retired, timeout=self._timeout(down.pool)
+                )
+        finally:
+            await retire.remove_from_scheduler(self.scheduler, retired, stimulus_id)
+        return True
 
-    def _succeeded(self) -> None:
-        self.failures = 0
-        self.not_before = 0.0
+    def _idle_timeout(self, pool: str | None) -> float:
+        p = self.planner.by_name.get(pool) if pool is not None else None
+        if p is not None:
+            return p.pool.idle_timeout
+        return min((q.pool.idle_timeout for q in self.planner.pools), default=0.0)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -458,20 +338,20 @@ class Controller:
         self.poke()
 
     async def close(self) -> None:
-        """Stop acting: cancel timers; let an action in progress finish.
+        """Stop acting: cancel timers; let actions in progress finish.
 
         Cancelling a backend call half-way could leave a worker half-stopped,
-        so it gets ``CLOSE_GRACE`` seconds before it is cancelled.
+        so they get ``CLOSE_GRACE`` seconds before they are cancelled.
         """
         self.closed = True
         for handle in (self._soon, self._timer):
             if handle is not None:
                 handle.cancel()
-        action = self._action
-        if action is None:
-            return
-        await asyncio.wait({action}, timeout=CLOSE_GRACE)
-        if not action.done():
-            action.cancel()
-        with contextlib.suppress(BaseException):
-            await action
+        actions = list(self._actions.values())
+        if actions:
+            await asyncio.wait(actions, timeout=CLOSE_GRACE)
+        await self._tasks.cancel()
+
+
+def _describe(action: Action) -> str:
+    return f"{type(action).__name__.lower()} of pool {action.pool}"

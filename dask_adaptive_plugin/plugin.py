@@ -1,36 +1,54 @@
-"""The scheduler plugin: hooks feed the statistics and poke the controller."""
+"""The scheduler plugin: hooks feed the statistics and poke the controller.
+
+Attaching and detaching:
+
+- ``Scheduler(plugins=[plugin])`` and ``register_scheduler_plugin`` (what
+  ``client.register_plugin`` and ``--preload`` use) call :meth:`start`, and
+  a start failure is raised to whoever awaits it.
+- ``scheduler.add_plugin(plugin)`` on a running scheduler does not call
+  ``start``; the plugin notices that it was added (:func:`_compat.when_added`)
+  and starts itself at once. A failure there is an ERROR log line and an
+  ``error`` event on topic ``"adaptive"``, and the plugin removes itself.
+- Once started, the plugin checks every :data:`MEMBERSHIP_CHECK` seconds that
+  the scheduler still holds it: ``unregister_scheduler_plugin`` removes a
+  plugin without telling it, and a removed plugin must not go on scaling with
+  a backend nobody will close.
+- A new adaptive plugin replaces the previous one (found in
+  ``scheduler.plugins``), which stops and closes its backends first.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
-import weakref
 from collections import deque
-from functools import partial
 from time import time
 from typing import TYPE_CHECKING, Any
 
 import dask
-from distributed import Scheduler
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from dask_adaptive_plugin import registry
-from dask_adaptive_plugin.backend import Backend
-from dask_adaptive_plugin.config import Options, resolve_options
-from dask_adaptive_plugin.controller import Controller
+from dask_adaptive_plugin import _compat, registry
+from dask_adaptive_plugin.backend import Backend, PoolContext
+from dask_adaptive_plugin.background import BackgroundTasks
+from dask_adaptive_plugin.config import Options, describe, resolve_options
+from dask_adaptive_plugin.controller import Controller, call_backend
+from dask_adaptive_plugin.planner import Planner, PoolRuntime
+from dask_adaptive_plugin.pools import DEFAULT, Pool, resolve_pools
 from dask_adaptive_plugin.stats import ClusterStats
 
 if TYPE_CHECKING:
+    from distributed import Scheduler
+
     from dask_adaptive_plugin.policy import Policy
 
 logger = logging.getLogger(__name__)
 
-#: The adaptive plugin acting on each scheduler: one at a time.
-_acting: weakref.WeakKeyDictionary[Scheduler, AdaptivePlugin] = (
-    weakref.WeakKeyDictionary()
-)
+#: Seconds between checks that the scheduler still holds the plugin.
+MEMBERSHIP_CHECK = 1.0
 
 
 class AdaptivePlugin(SchedulerPlugin):
@@ -45,10 +63,11 @@ class AdaptivePlugin(SchedulerPlugin):
     backend
         How workers are started and stopped: an entry-point name in
         ``dask_adaptive_plugin.backends`` (``"local"``), a
-        :class:`~dask_adaptive_plugin.Backend` class, or an instance.
+        :class:`~dask_adaptive_plugin.Backend` class, or an instance. This is
+        the one pool ``"default"``; see ``pools`` for several.
     minimum, maximum
-        Bounds on the number of workers; ``maximum=None`` takes the backend's
-        own bound (``local``: the CPU count).
+        Bounds on the number of workers, all pools together; a pool is also
+        bounded by its backend's own ``maximum`` (``local``: the CPU count).
     policy
         When to scale: an entry-point name in ``dask_adaptive_plugin.policies``
         (``"adaptive"``, ``"fixed"``), a :class:`~dask_adaptive_plugin.Policy`
@@ -58,11 +77,15 @@ class AdaptivePlugin(SchedulerPlugin):
     backend_options
         Keyword arguments for the backend; keys may be kebab-case.
     start_timeout
-        How long requested workers may take to connect before they are asked
-        for again; it also bounds each backend call.
+        How long requested workers may take to connect before they are given
+        up on; it also bounds each backend call.
     retire_timeout
         How long a retirement may take before it is given up and the workers
         are kept.
+    pools
+        Several pools of workers: pool name -> ``{backend, backend_options,
+        minimum, maximum, resources, cost, start_timeout, idle_timeout}``
+        (see :class:`~dask_adaptive_plugin.pools.Pool`).
     **policy_options
         Keyword arguments for the policy, such as ``target_duration="5s"``.
 
@@ -70,8 +93,9 @@ class AdaptivePlugin(SchedulerPlugin):
     ----------
     log
         The decisions, as ``(timestamp, dict)`` pairs: ``{"status": "up",
-        "n": 4, "reason": ...}`` and ``{"status": "down", "workers": [...],
-        "reason": ...}``. Each is also a scheduler event on topic ``"adaptive"``.
+        "pool": "default", "n": 4, "reason": ...}`` and ``{"status": "down",
+        "workers": [...], "reason": ...}``. Each is also a scheduler event on
+        topic ``"adaptive"``.
 
     Examples
     --------
@@ -89,6 +113,7 @@ class AdaptivePlugin(SchedulerPlugin):
         backend_options: dict[str, Any] | None = None,
         start_timeout: str | float | None = None,
         retire_timeout: str | float | None = None,
+        pools: dict[str, dict[str, Any]] | None = None,
         **policy_options: Any,
     ) -> None:
         self._arguments = dict(
@@ -100,9 +125,10 @@ class AdaptivePlugin(SchedulerPlugin):
             backend_options=backend_options,
             start_timeout=start_timeout,
             retire_timeout=retire_timeout,
+            pools=pools,
             **policy_options,
         )
-        self.options = resolve_options(
+        self.options = options = resolve_options(
             backend=backend,
             policy=policy,
             minimum=minimum,
@@ -112,19 +138,40 @@ class AdaptivePlugin(SchedulerPlugin):
             retire_timeout=retire_timeout,
             backend_options=backend_options,
             policy_options=policy_options,
+            pools=pools,
         )
-        self._backend_spec = registry.resolve(registry.BACKENDS, self.options.backend)
-        check_backend_options(self._backend_spec, self.options.backend_options)
-        self.policy = make_policy(self.options, self._backend_spec)
+        self.pools: tuple[Pool, ...] = resolve_pools(
+            options.pools,
+            backend=options.backend,
+            backend_options=options.backend_options,
+            backend_given=backend is not None or backend_options is not None,
+            idle_timeout=options.idle_timeout,
+            start_timeout=options.start_timeout,
+        )
+        self._backend_specs = {
+            pool.name: registry.resolve(registry.BACKENDS, pool.backend)
+            for pool in self.pools
+        }
+        for pool in self.pools:
+            check_backend_options(self._backend_specs[pool.name], pool)
+        self.policy = make_policy(options)
+        # what the backends' classes say of their bound already: fail now
+        check_bounds(
+            options,
+            [pool_runtime(p, self._backend_specs[p.name]) for p in self.pools],
+        )
         self.log: deque[tuple[float, dict[str, Any]]] = deque(
             maxlen=dask.config.get("distributed.admin.low-level-log-length")
         )
         self.scheduler: Scheduler | None = None
-        self.backend: Backend | None = None
+        self.backends: dict[str, Backend] = {}
         self.stats: ClusterStats | None = None
+        self.planner: Planner | None = None
         self.controller: Controller | None = None
-        self._attach_scheduled = False
+        self._tasks = BackgroundTasks("adaptive plugin")
         self._failed_hooks: set[str] = set()
+        self._stopping: asyncio.Future[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
 
     # -- pickling: only the arguments travel (client.register_plugin) -----------------
 
@@ -134,94 +181,169 @@ class AdaptivePlugin(SchedulerPlugin):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
 
+    @property
+    def backend(self) -> Backend | None:
+        """The backend of the one pool (``None`` with several pools, or before start)."""
+        if len(self.backends) == 1:
+            return next(iter(self.backends.values()))
+        return None
+
+    @property
+    def ledger(self) -> Any:
+        return self.planner.ledger if self.planner is not None else None
+
     # -- attaching -----------------------------------------------------------------------
 
     @property
     def name(self) -> str:
         """``"adaptive"``: one adaptive plugin per scheduler.
 
-        ``Scheduler.add_plugin`` reads this and does not call :meth:`start`;
-        reading it on a running event loop therefore schedules a check that
-        starts this plugin if it was added to a scheduler that is running.
+        ``Scheduler.add_plugin`` reads the name and never calls :meth:`start`;
+        reading it is the one moment the plugin learns it may have been added
+        to a running scheduler, so it asks :func:`_compat.when_added` to start
+        it there.
         """
-        self._attach_soon()
+        if self.scheduler is None and self._starting is None:
+            _compat.when_added(self, self._start_in_background)
         return "adaptive"
 
-    def _attach_soon(self) -> None:
-        if self.scheduler is not None or self._attach_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._attach_scheduled = True
-        loop.call_soon(self._attach_if_added)
+    def _start_in_background(self, scheduler: Scheduler) -> None:
+        if self.scheduler is None and self._starting is None:
+            self._starting = self._tasks.spawn(
+                self._start_or_report(scheduler), "starting the plugin"
+            )
 
-    def _attach_if_added(self) -> None:
-        self._attach_scheduled = False
-        for scheduler in list(Scheduler._instances):
-            if (
-                scheduler.plugins.get("adaptive") is self
-                and scheduler.status == Status.running
-            ):
-                asyncio.ensure_future(self.start(scheduler))
+    async def _start_or_report(self, scheduler: Scheduler) -> None:
+        """Start after ``add_plugin``; nobody awaits this, so a failure is
+        logged, becomes an event, and the plugin removes itself."""
+        try:
+            await self.start(scheduler)
+        except Exception as e:
+            self._starting = None
+            logger.error("adaptive: the plugin could not start: %s", e, exc_info=True)
+            scheduler.log_event(
+                "adaptive",
+                {
+                    "status": "error",
+                    "action": "start",
+                    "error": f"{type(e).__name__}: {e}",
+                    "reason": "the adaptive plugin could not start and was removed",
+                },
+            )
+            if scheduler.plugins.get("adaptive") is self:
+                scheduler.remove_plugin("adaptive")
 
     async def start(self, scheduler: Scheduler) -> None:
-        """Begin acting on ``scheduler``: seed the statistics, create the backend.
+        """Begin acting on ``scheduler``: make the backends, seed the statistics.
 
-        Called by the scheduler when it starts, or at once when the plugin is
-        added to (or registered with) a scheduler that is already running.
-        A previous adaptive plugin on the same scheduler is stopped first.
+        Called by the scheduler when it starts, by ``register_scheduler_plugin``,
+        or by the plugin itself when it was added to a running scheduler. A
+        previous adaptive plugin on the same scheduler is stopped first.
         """
         if self.scheduler is not None:
             return
         self.scheduler = scheduler
-        previous = _acting.get(scheduler)
-        _acting[scheduler] = self
-        if previous is not None and previous is not self:
-            await previous.stop("replaced by a new adaptive plugin")
         try:
-            self.backend = make_backend(self._backend_spec, scheduler, self.options)
-        except Exception:
+            previous = scheduler.plugins.get("adaptive")
+            if isinstance(previous, AdaptivePlugin) and previous is not self:
+                await previous.stop("replaced by a new adaptive plugin")
+            self.backends = await self._make_backends(scheduler)
+            self._attach(scheduler)
+        except BaseException:
             self.scheduler = None
-            _acting.pop(scheduler, None)
+            await close_backends(self.backends, self.pools)
+            self.backends = {}
             raise
-        if self.options.maximum is None:
-            self.policy.maximum = backend_maximum(self.backend)
-        self.stats = ClusterStats(scheduler, time())
+        assert self.controller is not None
+        await self.controller.refresh()  # workers its backends already run
+        self.controller.start()
+        self._tasks.spawn(
+            self._watch_membership(), "watching the plugin's registration"
+        )
+        logger.info(
+            "adaptive: scaling pools %s with %s policy, %d to %s workers",
+            ", ".join(self.backends),
+            type(self.policy).__name__,
+            self.options.minimum,
+            self.options.maximum,
+        )
+
+    async def _make_backends(self, scheduler: Scheduler) -> dict[str, Backend]:
+        backends: dict[str, Backend] = {}
+        try:
+            for pool in self.pools:
+                backends[pool.name] = make_backend(
+                    self._backend_specs[pool.name], scheduler, pool
+                )
+        except BaseException:
+            await close_backends(backends, self.pools)
+            raise
+        return backends
+
+    def _attach(self, scheduler: Scheduler) -> None:
+        """Build the statistics, the planner and the controller."""
+        runtimes = [pool_runtime(p, self.backends[p.name]) for p in self.pools]
+        check_bounds(self.options, runtimes)
+        loop = asyncio.get_running_loop()
+        self.stats = ClusterStats(scheduler, loop.time)
+        self.planner = Planner(
+            runtimes,
+            self.policy,
+            self._record,
+            minimum=self.options.minimum,
+            maximum=self.options.maximum,
+        )
+        for name, backend in self.backends.items():
+            context = PoolContext(
+                name,
+                log_event=functools.partial(self._record_backend_event, name),
+                worker_name=self.planner.ledger.name_of,
+            )
+            try:
+                backend.pool = context
+            except AttributeError:  # a backend that takes no new attributes
+                pass
         self.controller = Controller(
             scheduler,
             self.stats,
-            self.policy,
-            self.backend,
+            self.planner,
+            self.backends,
             self._record,
-            self.options.start_timeout,
             self.options.retire_timeout,
         )
-        self.controller.start()
-        logger.info(
-            "adaptive: scaling with %s backend and %s policy, %d to %s workers",
-            type(self.backend).__name__,
-            type(self.policy).__name__,
-            self.policy.minimum,
-            self.policy.maximum,
-        )
+        for address in scheduler.workers:
+            self.controller.worker_arrived(address)
+
+    async def _watch_membership(self) -> None:
+        """Stop once the scheduler no longer holds this plugin."""
+        while self.controller is not None and self.scheduler is not None:
+            await asyncio.sleep(MEMBERSHIP_CHECK)
+            scheduler = self.scheduler
+            if scheduler is None or self.controller is None:
+                return
+            if scheduler.plugins.get("adaptive") is not self:
+                await self.stop("unregistered from the scheduler")
+            elif scheduler.status in (Status.closing, Status.closed):
+                return  # the scheduler closes the plugins it holds
 
     async def stop(self, reason: str = "stopped") -> None:
-        """Stop acting and close the backend (which stops its workers)."""
-        controller, backend = self.controller, self.backend
-        self.controller = self.stats = None
+        """Stop acting and close the backends (which stops their workers)."""
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+            return
+        controller = self.controller
         if controller is None:
             return
-        await controller.close()
-        self._record({"status": "stopped", "reason": reason})
-        if self.scheduler is not None and _acting.get(self.scheduler) is self:
-            del _acting[self.scheduler]
-        close = getattr(backend, "close", None)
-        if close is not None:
-            result = close()
-            if inspect.isawaitable(result):
-                await result
+        self._stopping = asyncio.get_running_loop().create_future()
+        try:
+            self.controller = None  # the hooks go quiet
+            await controller.close()
+            self._record({"status": "stopped", "reason": reason})
+            await close_backends(self.backends, self.pools)
+            await self._tasks.cancel(keep=asyncio.current_task())
+        finally:
+            self._stopping.set_result(None)
+            self._stopping = None
 
     async def close(self) -> None:
         await self.stop("scheduler closing")
@@ -237,11 +359,11 @@ class AdaptivePlugin(SchedulerPlugin):
         stimulus_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        stats, controller = self.stats, self.controller
+        controller = self.controller
         if controller is None:
             return
         try:
-            stats.transition(key, start, finish, kwargs.get("worker"))  # type: ignore[union-attr]
+            self.stats.transition(key, start, finish, kwargs.get("worker"))  # type: ignore[union-attr]
             controller.poke()
         except Exception:
             self._hook_failed("transition")
@@ -251,78 +373,112 @@ class AdaptivePlugin(SchedulerPlugin):
         if controller is None:
             return
         try:
-            controller.new_work()
+            controller.planner.new_work()
             controller.poke()
         except Exception:
             self._hook_failed("update_graph")
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
-        stats, controller = self.stats, self.controller
+        controller = self.controller
         if controller is None:
             return
         try:
-            now = time()
-            stats.worker_added(worker, now)  # type: ignore[union-attr]
-            controller.worker_arrived(worker, now)
+            self.stats.worker_added(worker)  # type: ignore[union-attr]
+            controller.worker_arrived(worker)
             controller.poke()
         except Exception:
             self._hook_failed("add_worker")
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
-        stats, controller = self.stats, self.controller
+        controller = self.controller
         if controller is None:
             return
         try:
-            stats.worker_removed(worker)  # type: ignore[union-attr]
-            controller.worker_left(worker, time())
+            self.stats.worker_removed(worker)  # type: ignore[union-attr]
+            controller.worker_left(worker)
             controller.poke()
         except Exception:
             self._hook_failed("remove_worker")
 
     def restart(self, scheduler: Scheduler) -> None:
-        if self.stats is not None:
-            self.stats.needs_reseed = True
-        self._poke("restart")
-
-    def _poke(self, hook: str) -> None:
         controller = self.controller
         if controller is None:
             return
         try:
+            controller.ledger.restarting()
+            self.stats.needs_reseed = True  # type: ignore[union-attr]
             controller.poke()
         except Exception:
-            self._hook_failed(hook)
+            self._hook_failed("restart")
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        """Workers say when they are leaving on purpose: not crashes."""
+        controller = self.controller
+        if controller is None or not isinstance(msg, dict):
+            return
+        try:
+            why = _expected_departure(msg)
+            if why is not None:
+                controller.ledger.expect_departure(topic, why)
+        except Exception:
+            self._hook_failed("log_event")
 
     def _hook_failed(self, hook: str) -> None:
-        """Log once per hook; recount the statistics at the next evaluation."""
+        """Log once per hook; recount the statistics (rate-limited)."""
         if self.stats is not None:
             self.stats.needs_reseed = True
+            if self.controller is not None:
+                self.controller.poke()
         if hook not in self._failed_hooks:
             self._failed_hooks.add(hook)
             logger.exception("adaptive: the %s hook failed; statistics recounted", hook)
 
-    # -- decisions ---------------------------------------------------------------------------
+    # -- records ---------------------------------------------------------------------------
 
     def _record(self, entry: dict[str, Any]) -> None:
+        """The one path of every decision and event: the log, then topic "adaptive"."""
         self.log.append((time(), entry))
         logger.info("adaptive: %s", entry)
         if self.scheduler is not None:
             self.scheduler.log_event("adaptive", entry)
 
+    def _record_backend_event(self, pool: str, event: dict[str, Any]) -> None:
+        self._record({**event, "pool": pool})
 
-def check_backend_options(spec: Any, options: dict[str, Any]) -> None:
-    """Raise ``ValueError`` if the backend cannot take these options."""
+
+def _expected_departure(msg: dict[str, Any]) -> str | None:
+    """Why a worker event announces a departure that is not a crash."""
+    action = msg.get("action")
+    if action == "worker-status-change" and msg.get("status") == "closing_gracefully":
+        return "retirement"
+    if action == "closing-worker" and "restart" in str(msg.get("reason", "")):
+        return "restart"
+    return None
+
+
+# -- making the parts -------------------------------------------------------------------
+
+
+def check_backend_options(spec: Any, pool: Pool) -> None:
+    """Raise ``ValueError`` if the pool's backend cannot take its options."""
+    options = dict(pool.backend_options)
+    where = "" if pool.name == DEFAULT else f" (pool {pool.name})"
     if not inspect.isclass(spec):
         if options:
             raise ValueError(
                 f"backend_options {sorted(options)} were given with a backend "
-                f"instance ({spec!r}); pass the class or name instead"
+                f"instance ({spec!r}){where}; pass the class or name instead"
             )
         return
     check = getattr(spec, "check_options", None)
     if check is None:  # a backend that does not inherit from Backend
-        check = partial(Backend.check_options.__func__, spec)  # type: ignore[attr-defined]
-    check(**options)
+        check = functools.partial(Backend.check_options.__func__, spec)  # type: ignore[attr-defined]
+    try:
+        check(**options)
+    except ValueError as e:
+        if not where:
+            raise
+        raise ValueError(f"{e}{where}") from None
 
 
 def backend_maximum(backend: Any) -> int | None:
@@ -338,36 +494,75 @@ def backend_maximum(backend: Any) -> int | None:
     return maximum
 
 
-def make_backend(spec: Any, scheduler: Scheduler, options: Options) -> Backend:
+def make_backend(spec: Any, scheduler: Scheduler, pool: Pool) -> Backend:
     if not inspect.isclass(spec):
         return spec
-    return spec(scheduler, **options.backend_options)
+    return spec(scheduler, **pool.backend_options)
 
 
-def make_policy(options: Options, backend: Any) -> Policy:
+def pool_runtime(pool: Pool, backend: Backend | type[Backend]) -> PoolRuntime:
+    """A pool with its backend's bound (the lower of the two wins) and shape.
+
+    ``backend`` may be the class, before an instance exists: its class
+    attributes are checked early.
+    """
+    bounds = [m for m in (pool.maximum, backend_maximum(backend)) if m is not None]
+    threads = getattr(backend, "threads_per_worker", 1)
+    if not isinstance(threads, (int, float)) or threads < 1:
+        threads = 1
+    cls = backend if inspect.isclass(backend) else type(backend)
+    reports = getattr(cls, "report", Backend.report) is not Backend.report
+    return PoolRuntime(pool, min(bounds) if bounds else None, threads, reports)
+
+
+def check_bounds(options: Options, runtimes: list[PoolRuntime]) -> None:
+    """The global minimum must be reachable with the pools' bounds."""
+    bounds = [p.maximum for p in runtimes]
+    if any(b is None for b in bounds):
+        return
+    most = sum(bounds)  # type: ignore[arg-type]
+    if options.minimum > most:
+        raise ValueError(
+            f"invalid {describe('minimum')}: {options.minimum} is above the "
+            f"backend's maximum {most} (the most workers the pools can run); "
+            f"expected minimum <= {most}"
+        )
+
+
+def make_policy(options: Options) -> Policy:
     spec = registry.resolve(registry.POLICIES, options.policy)
     if not inspect.isclass(spec):
         return spec
-    maximum = options.maximum
-    if maximum is None:
-        maximum = backend_maximum(backend)
-    common = dict(
-        minimum=options.minimum, maximum=maximum, idle_timeout=options.idle_timeout
-    )
     try:
-        inspect.signature(spec).bind(**common, **options.policy_options)
+        inspect.signature(spec).bind(**options.policy_options)
     except TypeError:
         raise ValueError(
             f"invalid policy options for policy {spec.__name__}: "
             f"{sorted(options.policy_options)}; it takes {_parameters(spec)}"
         ) from None
-    if maximum is not None and options.minimum > maximum:
-        raise ValueError(
-            f"invalid minimum (--adaptive-minimum, config adaptive-plugin.minimum): "
-            f"{options.minimum} is above the backend's maximum {maximum}; "
-            f"expected minimum <= maximum"
-        )
-    return spec(**common, **options.policy_options)
+    return spec(**options.policy_options)
+
+
+async def close_backends(backends: dict[str, Backend], pools: tuple[Pool, ...]) -> None:
+    """Close every backend, each within its pool's ``start_timeout``; failures are
+    logged as errors (a backend that cannot close may leave workers behind)."""
+    timeouts = {p.name: p.start_timeout for p in pools}
+
+    async def close_one(name: str, backend: Backend) -> None:
+        close = getattr(backend, "close", None)
+        if close is None:
+            return
+        try:
+            await call_backend(close, timeout=timeouts.get(name, 60.0))
+        except Exception as e:
+            logger.error(
+                "adaptive: pool %s: the backend's close failed; its workers may be "
+                "left running: %r",
+                name,
+                e,
+            )
+
+    await asyncio.gather(*(close_one(n, b) for n, b in backends.items()))
 
 
 def _parameters(cls: type) -> str:
@@ -375,6 +570,5 @@ def _parameters(cls: type) -> str:
         p.name
         for p in list(inspect.signature(cls).parameters.values())
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        and p.name not in ("scheduler", "minimum", "maximum", "idle_timeout")
     ]
     return ", ".join(names) or "no options"

@@ -1,46 +1,154 @@
-"""Policies: *when* to scale. Pure functions of a snapshot and a clock.
+"""Policies: *when* to scale. Pure functions of demand, supply and a clock.
 
 A policy does no I/O and reads no clock of its own: :meth:`Policy.decide`
-gets a :class:`~dask_adaptive_plugin.stats.Snapshot` and the time, and returns
-a :class:`Decision`. That makes it testable without a cluster and usable by a
-simulator in virtual time.
+gets a :class:`~dask_adaptive_plugin.stats.Snapshot` (demand), a
+:class:`Supply` (the pools and their workers) and the time, and returns a
+:class:`Plan`. That makes it testable without a cluster, and the simulator
+runs the same policy in virtual time.
+
+Pools are served by :func:`allocate`: each need goes to the pools whose
+workers provide what it needs, cheapest first, keeping the workers that are
+there before starting new ones; what no pool provides is *unsatisfiable*.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
-from dask_adaptive_plugin.stats import Snapshot
+from dask_adaptive_plugin.pools import Pool
+from dask_adaptive_plugin.stats import Need, Snapshot
+
+#: The causes of decisions: a small fixed set, for metrics labels.
+CAUSES = (
+    "queued-work",
+    "memory",
+    "minimum",
+    "fixed",
+    "idle",
+    "unsatisfiable",
+    "fallback",
+)
 
 
 @dataclass(frozen=True)
-class Decision:
+class PoolSupply:
+    """What a policy sees of one pool.
+
+    Attributes
+    ----------
+    pool
+        Its declaration.
+    maximum
+        Its bound: the pool's ``maximum`` and its backend's own, the lower.
+    running, on_the_way, retiring
+        Its workers connected, asked for and not connected yet, being retired.
+    threads_per_worker
+        Of its connected workers on average, else what its backend says.
+    available
+        ``False`` while the pool is in its fallback cool-down or back-off.
+    lacks
+        Resources its workers turned out not to have (undeclared pools).
+    startup, startup_p90
+        Measured seconds from request to connect: median and 90th percentile.
+    """
+
+    pool: Pool
+    maximum: int | None = None
+    running: int = 0
+    on_the_way: int = 0
+    retiring: int = 0
+    threads_per_worker: float = 1.0
+    available: bool = True
+    lacks: frozenset[str] = frozenset()
+    startup: float | None = None
+    startup_p90: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.pool.name
+
+    @property
+    def supply(self) -> int:
+        """What ``scale_up``'s ``n`` counts: running and on their way."""
+        return self.running + self.on_the_way
+
+    def fits(self, needs: Mapping[str, float]) -> bool:
+        return self.pool.fits(needs, self.lacks)
+
+
+@dataclass(frozen=True)
+class Supply:
+    """What a policy sees of supply: the pools, cheapest first, and bounds."""
+
+    pools: tuple[PoolSupply, ...]
+    minimum: int = 0
+    maximum: int | None = None
+    #: Connected workers no pool claims (started by hand).
+    unmanaged: int = 0
+    #: address -> pool (``None``: unmanaged) of every connected worker.
+    pool_of: Mapping[str, str | None] = field(default_factory=dict)
+    #: address -> not retired before (monotonic seconds).
+    held: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(p.supply for p in self.pools) + self.unmanaged
+
+    def get(self, name: str) -> PoolSupply:
+        return next(p for p in self.pools if p.name == name)
+
+
+@dataclass(frozen=True)
+class Up:
+    """Bring ``pool`` to ``n`` workers (its running ones and those on their way)."""
+
+    pool: str
+    n: int
+    reason: str
+    cause: str = "queued-work"
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Down:
+    """Retire these workers of ``pool`` (``None``: workers no pool claims)."""
+
+    pool: str | None
+    workers: tuple[str, ...]
+    reason: str
+    cause: str = "idle"
+
+
+@dataclass(frozen=True)
+class Plan:
     """What to do now, why, and when to look again at the latest.
 
     Attributes
     ----------
-    status
-        ``"up"``: bring the total to ``n`` workers; ``"down"``: retire
-        ``workers``; ``"hold"``: nothing to do.
+    ups, downs
+        Per pool: grow to a total, or retire workers.
+    desired
+        Pool -> the workers it should have.
+    unsatisfiable
+        Needs that no pool provides.
     reason
-        Why, in words, for the log.
-    kwargs
-        Keyword arguments for ``scale_up`` (what waiting tasks need).
+        Why, in words, when there is nothing to do.
     deadline
         Evaluate again at this time even if nothing happens (an idle worker's
         timeout running out), or ``None``.
     """
 
-    status: Literal["up", "down", "hold"]
-    n: int = 0
-    workers: tuple[str, ...] = ()
+    ups: tuple[Up, ...] = ()
+    downs: tuple[Down, ...] = ()
+    desired: Mapping[str, int] = field(default_factory=dict)
+    unsatisfiable: tuple[Need, ...] = ()
     reason: str = ""
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
     deadline: float | None = None
 
 
@@ -50,106 +158,341 @@ class Policy:
     To implement a policy:
 
     1. inherit from this class;
-    2. take your options as keyword arguments of ``__init__`` (after the
-       common ones) and check them, raising ``ValueError`` that names the bad one;
-    3. implement :meth:`decide`: no I/O, no clock but ``now``;
+    2. take your options as keyword arguments of ``__init__`` and check them,
+       raising ``ValueError`` that names the bad one;
+    3. implement :meth:`decide`: no I/O, no clock but ``now``; :func:`allocate`
+       and :func:`choose_idle_workers` do the pool arithmetic;
     4. register the class under the entry-point group
        ``dask_adaptive_plugin.policies``.
 
-    Parameters
-    ----------
-    minimum, maximum
-        Bounds on the number of workers (``maximum=None``: unbounded).
-    idle_timeout
-        Seconds a worker must have been idle before it may be retired.
+    The bounds (global ``minimum`` and ``maximum``, each pool's) and the idle
+    timeouts are in the :class:`Supply` a policy is given.
     """
 
-    def __init__(
-        self, *, minimum: int = 0, maximum: int | None = None, idle_timeout: float = 10
-    ) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self.idle_timeout = idle_timeout
-
-    def decide(self, snapshot: Snapshot, now: float) -> Decision:
-        """What to do for this state of the cluster at time ``now``."""
+    def decide(self, snapshot: Snapshot, supply: Supply, now: float) -> Plan:
+        """What to do for this demand and supply at time ``now``."""
         raise NotImplementedError
 
-    def bounded(self, n: int) -> int:
-        """``n`` within minimum and maximum."""
-        n = max(n, self.minimum)
-        return n if self.maximum is None else min(n, self.maximum)
+
+# -- allocation: needs to pools --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Threads a need calls for, and why."""
+
+    resources: Mapping[str, float]
+    threads: float
+    reason: str
+    cause: str = "queued-work"
+    #: Only counts in whole workers (a floor: a minimum, memory).
+    workers: int = 0
+    #: Threads for the tasks that no worker has yet: what a pool that does
+    #: not declare its resources is asked for (its running workers may lack
+    #: them; only those asked for this need count).
+    waiting_threads: float = 0
+
+
+@dataclass
+class Allocation:
+    """Which pools serve the demands: kept (there now) and added (new) workers."""
+
+    kept: Counter[str | None] = field(default_factory=Counter)
+    added: Counter[str] = field(default_factory=Counter)
+    reasons: dict[str, list[Demand]] = field(default_factory=dict)
+    unsatisfiable: list[Mapping[str, float]] = field(default_factory=list)
+
+    def desired(self, name: str | None) -> int:
+        return self.kept[name] + (self.added[name] if name is not None else 0)
+
+
+def allocate(demands: list[Demand], supply: Supply, floor: int = 0) -> Allocation:
+    """Serve ``demands`` from the pools, and keep ``floor`` workers in all.
+
+    Needs that few pools can serve go first (the plain need, which every pool
+    serves, last). Each is served in two passes, both cheapest pool first:
+    first by workers there already (so a worker is never replaced by a
+    cheaper one while it is needed), then by new ones in pools that are
+    available and have room, within the global ``maximum``. Workers no pool
+    claims serve plain work, after every pool. Finally each pool is brought
+    to its ``minimum`` and all together to ``floor``.
+    """
+    result = Allocation()
+    free: dict[str | None, int] = {p.name: p.supply for p in supply.pools}
+    free[None] = supply.unmanaged
+    room = math.inf if supply.maximum is None else supply.maximum - supply.total
+    order = sorted(
+        demands,
+        key=lambda d: (sum(p.fits(d.resources) for p in supply.pools), not d.resources),
+    )
+    left = []
+    for demand in order:
+        fitting = [p for p in supply.pools if p.fits(demand.resources)]
+        if not fitting:
+            result.unsatisfiable.append(demand.resources)
+            continue
+        if demand.resources and all(p.pool.resources is None for p in fitting):
+            want = _keep_undeclared(result, free, fitting, demand)
+        else:
+            want = _keep(
+                result, free, fitting, demand, include_unmanaged=not demand.resources
+            )
+        left.append((demand, fitting, want))
+    for demand, fitting, want in left:
+        room -= _grow(result, fitting, demand, want, room)
+    for p in supply.pools:
+        floor_p = Demand(
+            {},
+            0,
+            f"minimum of pool {p.name} is {p.pool.minimum}",
+            "minimum",
+            p.pool.minimum,
+        )
+        want = _keep(result, free, [p], floor_p, minus=result.desired(p.name))
+        room -= _grow(result, [p], floor_p, want, room)
+    if floor > 0:
+        everyone = [p for p in supply.pools]
+        total = sum(result.desired(p.name) for p in everyone) + result.kept[None]
+        demand = Demand({}, 0, f"minimum is {supply.minimum}", "minimum", floor)
+        want = _keep(
+            result, free, everyone, demand, minus=total, include_unmanaged=True
+        )
+        room -= _grow(result, everyone, demand, want, room)
+    return result
+
+
+def _keep(
+    result: Allocation,
+    free: dict[str | None, int],
+    pools: list[PoolSupply],
+    demand: Demand,
+    minus: int = 0,
+    include_unmanaged: bool = False,
+) -> float:
+    """Take workers that are there for ``demand``; returns what is still wanted
+    (threads for work, workers for a floor)."""
+    want: float = demand.workers - minus if demand.workers else demand.threads
+    candidates: list[tuple[str | None, float]] = [
+        (p.name, p.threads_per_worker) for p in pools
+    ]
+    if include_unmanaged:
+        candidates.append((None, 1.0))
+    for name, tpw in candidates:
+        if want <= 0:
+            break
+        per = 1.0 if demand.workers else tpw
+        take = min(free[name], math.ceil(want / per))
+        free[name] -= take
+        result.kept[name] += take
+        want -= take * per
+    return want
+
+
+def _keep_undeclared(
+    result: Allocation,
+    free: dict[str | None, int],
+    pools: list[PoolSupply],
+    demand: Demand,
+) -> float:
+    """Like :func:`_keep`, for a need that only undeclared pools may serve:
+    only tasks no worker has count, served by workers on their way."""
+    want = demand.waiting_threads
+    for p in pools:
+        if want <= 0:
+            break
+        take = min(free[p.name], p.on_the_way, math.ceil(want / p.threads_per_worker))
+        free[p.name] -= take
+        result.kept[p.name] += take
+        want -= take * p.threads_per_worker
+    return want
+
+
+def _grow(
+    result: Allocation,
+    pools: list[PoolSupply],
+    demand: Demand,
+    want: float,
+    room: float,
+) -> int:
+    """Add new workers for what ``demand`` still wants; returns how many."""
+    added = 0
+    for p in pools:
+        if want <= 0 or room - added <= 0:
+            break
+        if not p.available:
+            continue
+        per = 1.0 if demand.workers else p.threads_per_worker
+        space = (
+            math.inf
+            if p.maximum is None
+            else p.maximum - p.supply - result.added[p.name]
+        )
+        take = int(min(space, room - added, math.ceil(want / per)))
+        if take <= 0:
+            continue
+        result.added[p.name] += take
+        result.reasons.setdefault(p.name, []).append(demand)
+        added += take
+        want -= take * per
+    return added
+
+
+def ups_of(allocation: Allocation, supply: Supply) -> tuple[Up, ...]:
+    """The scale-ups an allocation calls for, cheapest pool first."""
+    ups = []
+    for p in supply.pools:
+        added = allocation.added[p.name]
+        if not added:
+            continue
+        demands = allocation.reasons[p.name]
+        if p.pool.resources is not None:
+            kwargs = dict(p.pool.resources)
+        else:  # an undeclared pool is asked for what the tasks need
+            kwargs = {}
+            for d in demands:
+                for resource, amount in d.resources.items():
+                    kwargs[resource] = max(amount, kwargs.get(resource, 0))
+        reason = "; ".join(dict.fromkeys(d.reason for d in demands))
+        ups.append(Up(p.name, p.supply + added, reason, demands[0].cause, kwargs))
+    return tuple(ups)
+
+
+# -- choosing workers to retire -------------------------------------------------------------
 
 
 def choose_idle_workers(
     snapshot: Snapshot,
-    count: int,
+    supply: Supply,
+    surplus: Mapping[str | None, int],
     now: float,
-    idle_timeout: float,
     memory_threshold: float | None = None,
-) -> tuple[list[str], float | None]:
-    """Pick up to ``count`` workers to retire, and when to look again.
+) -> tuple[dict[str | None, list[str]], float | None]:
+    """Pick, per pool, up to ``surplus[pool]`` idle workers to retire, and when
+    to look again.
 
-    Candidates are workers idle for at least ``idle_timeout``; those holding the
-    least data go first, and no more go than keeps the stored data under
-    ``memory_threshold`` of the remaining workers' memory (and one worker
-    always stays while there is data to hold). Costs O(expired), nothing when
-    no worker may go, and never a scan of all workers.
+    Candidates are workers idle for at least their pool's ``idle_timeout``
+    and not held back; those of the dearest pools go first, within a pool
+    those holding the least data, and no more go than keeps the stored data
+    under ``memory_threshold`` of the remaining workers' memory (one worker
+    always stays while there is data to hold). Costs O(idle workers past the
+    shortest timeout), nothing when no worker may go, never a scan of all
+    workers.
 
     Returns
     -------
-    workers
-        Addresses to retire.
+    chosen
+        Pool -> addresses to retire.
     deadline
         When the next idle worker's timeout runs out, or ``None``.
     """
-    if snapshot.stored_bytes:
-        count = min(count, snapshot.workers - 1)  # someone must receive the data
-    if count <= 0:
-        return [], None  # only an event can change that: no deadline needed
-    cutoff = now - idle_timeout
-    expired, deadline = [], None
+    surplus = {pool: n for pool, n in surplus.items() if n > 0}
+    budget = snapshot.workers - 1 if snapshot.stored_bytes else snapshot.workers
+    if not surplus or budget <= 0:
+        return {}, None  # only an event can change that: no deadline needed
+    timeouts = _idle_timeouts(supply)
+    shortest = min(timeouts[pool] for pool in surplus)
+    expired: dict[str | None, list[str]] = {}
+    deadline = None
     for address, since in snapshot.idle.items():
-        if since > cutoff:
-            deadline = since + idle_timeout
+        if since > now - shortest:
+            deadline = _earliest(deadline, since + shortest)
             break
-        expired.append(address)
-    if not expired:
-        return [], deadline
+        pool = supply.pool_of.get(address)
+        if pool not in surplus:
+            continue
+        ready = max(since + timeouts[pool], supply.held.get(address, -math.inf))
+        if ready > now:
+            deadline = _earliest(deadline, ready)
+        elif address in snapshot.worker_states:
+            expired.setdefault(pool, []).append(address)
     states = snapshot.worker_states
-    expired = [a for a in expired if a in states]
-    chosen, limit = [], snapshot.memory_limit
-    for address in heapq.nsmallest(count, expired, key=lambda a: states[a].nbytes):
-        remaining = limit - (states[address].memory_limit or 0)
-        if memory_threshold is not None and limit and snapshot.stored_bytes > (
-            memory_threshold * remaining
+    chosen: dict[str | None, list[str]] = {}
+    limit = snapshot.memory_limit
+    for pool in _dearest_first(supply, expired):
+        count = min(surplus[pool], budget)
+        for address in heapq.nsmallest(
+            count, expired[pool], key=lambda a: states[a].nbytes
         ):
-            break
-        chosen.append(address)
-        limit = remaining
+            remaining = limit - (states[address].memory_limit or 0)
+            if (
+                memory_threshold is not None
+                and limit
+                and snapshot.stored_bytes > (memory_threshold * remaining)
+            ):
+                return chosen, deadline
+            chosen.setdefault(pool, []).append(address)
+            limit = remaining
+            budget -= 1
     return chosen, deadline
+
+
+def _idle_timeouts(supply: Supply) -> dict[str | None, float]:
+    timeouts: dict[str | None, float] = {
+        p.name: p.pool.idle_timeout for p in supply.pools
+    }
+    timeouts[None] = min(timeouts.values(), default=0.0)
+    return timeouts
+
+
+def _dearest_first(supply: Supply, pools: Mapping[str | None, Any]) -> list[str | None]:
+    cost: dict[str | None, float] = {p.name: p.pool.cost for p in supply.pools}
+    return sorted(pools, key=lambda pool: -cost.get(pool, math.inf))
+
+
+def _earliest(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
+
+
+def downs_of(
+    chosen: Mapping[str | None, list[str]],
+    supply: Supply,
+    why: str,
+    cause: str = "idle",
+) -> tuple[Down, ...]:
+    timeouts = _idle_timeouts(supply)
+    return tuple(
+        Down(
+            pool,
+            tuple(workers),
+            f"idle for {timeouts[pool]:g}s and not needed ({why})",
+            cause,
+        )
+        for pool, workers in chosen.items()
+    )
+
+
+def surplus_of(allocation: Allocation, supply: Supply) -> dict[str | None, int]:
+    """Per pool, workers beyond what the allocation keeps."""
+    surplus: dict[str | None, int] = {
+        p.name: p.supply - allocation.desired(p.name) for p in supply.pools
+    }
+    surplus[None] = supply.unmanaged - allocation.kept[None]
+    return surplus
+
+
+# -- the policies ------------------------------------------------------------------------------
 
 
 class AdaptivePolicy(Policy):
     """Scale with the work, after the policy of Dask's adaptive deployments.
 
-    - Grow straight to the number of workers that finishes the known work
-      (running and waiting, estimated per task prefix as the scheduler does)
-      within ``target_duration``, as soon as work waits; never to more
-      workers than there are runnable tasks.
-    - Grow by ``scale_factor`` when tasks wait that no current worker can run
-      (they need a resource no worker has), or when stored data passes
-      ``memory_threshold`` of the workers' memory limits.
-    - Shrink by retiring the idle workers holding the least data once they
-      have been idle for ``idle_timeout``, keeping memory under the threshold.
-    - Always within minimum and maximum.
+    - Size each resource class of runnable work (running and waiting,
+      estimated per task prefix as the scheduler does) to finish within
+      ``target_duration``, as soon as work waits; never more threads than
+      it has tasks.
+    - Grow by ``scale_factor`` when stored data passes ``memory_threshold``
+      of the workers' memory limits.
+    - Serve it from the pools that fit, cheapest first (:func:`allocate`).
+    - Shrink by retiring the idle workers beyond that, the dearest pools'
+      first, once they have been idle for their pool's ``idle_timeout``,
+      keeping memory under the threshold.
 
     Parameters
     ----------
     target_duration
         How long the work in the scheduler should take (default ``"5s"``).
     scale_factor
-        Growth factor when work waits (default 2).
+        Growth factor under memory pressure (default 2).
     memory_threshold
         Fraction of the workers' memory limits that stored data may fill
         (default 0.5).
@@ -158,14 +501,10 @@ class AdaptivePolicy(Policy):
     def __init__(
         self,
         *,
-        minimum: int = 0,
-        maximum: int | None = None,
-        idle_timeout: float = 10,
         target_duration: Any = "5s",
         scale_factor: Any = 2,
         memory_threshold: Any = 0.5,
     ) -> None:
-        super().__init__(minimum=minimum, maximum=maximum, idle_timeout=idle_timeout)
         self.target_duration = parse_duration("target_duration", target_duration)
         if self.target_duration <= 0:
             raise invalid("target_duration", target_duration, "a duration > 0")
@@ -174,57 +513,53 @@ class AdaptivePolicy(Policy):
             "memory_threshold", memory_threshold, "between 0 and 1", 0, 1
         )
 
-    def decide(self, snapshot: Snapshot, now: float) -> Decision:
+    def decide(self, snapshot: Snapshot, supply: Supply, now: float) -> Plan:
         s = snapshot
-        need, why = self.workers_needed(s)
-        target = self.bounded(need)
-        if target > s.workers + s.pending:
-            if need < target:
-                why = f"minimum is {self.minimum}"
-            return Decision("up", n=target, reason=why, kwargs=s.resource_needs)
-        surplus = s.workers - target
-        workers, deadline = choose_idle_workers(
-            s, surplus, now, self.idle_timeout, self.memory_threshold
+        demands = [self.demand_of(need, s) for need in s.needs]
+        memory, memory_why = self.memory_floor(s)
+        floor = max(supply.minimum, memory)
+        allocation = allocate(demands, supply, floor)
+        if memory > supply.minimum:
+            _rename_floor(allocation, memory_why, "memory")
+        why = self.summary(s)
+        chosen, deadline = choose_idle_workers(
+            s, supply, surplus_of(allocation, supply), now, self.memory_threshold
         )
-        if workers:
-            reason = f"idle for {self.idle_timeout:g}s and not needed ({why})"
-            return Decision(
-                "down", workers=tuple(workers), reason=reason, deadline=deadline
-            )
-        return Decision("hold", reason=why, deadline=deadline)
+        return Plan(
+            ups=ups_of(allocation, supply),
+            downs=downs_of(chosen, supply, why),
+            desired={p.name: allocation.desired(p.name) for p in supply.pools},
+            unsatisfiable=tuple(
+                n for n in s.needs if n.resources in allocation.unsatisfiable
+            ),
+            reason=why,
+            deadline=deadline,
+        )
 
-    def workers_needed(self, s: Snapshot) -> tuple[int, str]:
-        """How many workers the work and the data call for, and why."""
-        cpu, cpu_why = self._for_work(s)
-        memory, memory_why = self._for_memory(s)
-        return (memory, memory_why) if memory > cpu else (cpu, cpu_why)
+    def demand_of(self, need: Need, s: Snapshot) -> Demand:
+        """Threads that finish ``need`` within the target duration."""
+        threads = self.threads_for(need.seconds, need.tasks)
+        waiting = need.seconds * need.waiting / need.tasks if need.tasks else 0.0
+        waiting_threads = self.threads_for(waiting, need.waiting)
+        work = f"~{need.seconds:.3g}s of work"
+        if need.resources:
+            wanted = ", ".join(f"{r}={a:g}" for r, a in need.resources.items())
+            why = f"{need.tasks} runnable tasks need {wanted}, {work}"
+        else:
+            why = f"{need.tasks} runnable tasks, {work}"
+            if s.queued and not s.idle:
+                why = f"{s.queued} tasks wait for a worker; {why}"
+        return Demand(need.resources, threads, why, waiting_threads=waiting_threads)
 
-    def _for_work(self, s: Snapshot) -> tuple[int, str]:
-        if not s.runnable:
-            return 0, "no runnable tasks"
-        tpw = s.nthreads / s.workers if s.workers and s.nthreads else s.threads_per_worker
-        seconds = s.processing_seconds + s.unassigned_seconds
-        n = math.ceil(seconds / self.target_duration / tpw)
-        why = f"{s.runnable} runnable tasks, ~{seconds:.3g}s of work"
-        if s.queued and not s.idle:
-            why = f"{s.queued} tasks wait for a worker; {why}"
-        if s.no_worker:
-            # no worker can run these, so how long they take says nothing about
-            # how many workers they need: grow by the factor
-            n = max(n, math.ceil(s.workers * self.scale_factor), s.workers + 1)
-            why = f"{s.no_worker} tasks need a worker that no worker is; {why}"
-        return max(1, min(n, self._most_useful(s, tpw))), why
+    def threads_for(self, seconds: float, tasks: int) -> int:
+        """Threads that run ``tasks`` taking ``seconds`` within the target
+        duration: at least one, at most one per task."""
+        if not tasks:
+            return 0
+        return min(max(1, math.ceil(seconds / self.target_duration)), tasks)
 
-    @staticmethod
-    def _most_useful(s: Snapshot, tpw: float) -> int:
-        """More workers than this would have nothing to run."""
-        most = math.ceil(s.runnable / tpw)
-        if s.no_worker:
-            # no current worker can run these: they need workers of their own
-            most = max(most, s.workers + math.ceil(s.no_worker / tpw))
-        return most
-
-    def _for_memory(self, s: Snapshot) -> tuple[int, str]:
+    def memory_floor(self, s: Snapshot) -> tuple[int, str]:
+        """Workers the stored data calls for (0 below the threshold), and why."""
         if not (s.workers and s.memory_limit):
             return 0, ""
         if s.stored_bytes <= self.memory_threshold * s.memory_limit:
@@ -237,40 +572,54 @@ class AdaptivePolicy(Policy):
         share = s.stored_bytes / s.memory_limit
         return n, f"stored data fills {share:.0%} of memory limits"
 
+    @staticmethod
+    def summary(s: Snapshot) -> str:
+        if not s.runnable:
+            return "no runnable tasks"
+        return f"{s.runnable} runnable tasks"
+
 
 class FixedPolicy(Policy):
-    """Keep exactly ``n`` workers (default: ``minimum``).
+    """Keep exactly ``n`` workers (default: the global ``minimum``).
 
     Lost workers are replaced; extra workers are retired once they have been
-    idle for ``idle_timeout``.
+    idle for their pool's ``idle_timeout``. With several pools, the cheapest
+    serve first.
     """
 
-    def __init__(
-        self,
-        *,
-        minimum: int = 0,
-        maximum: int | None = None,
-        idle_timeout: float = 10,
-        n: Any = None,
-    ) -> None:
-        super().__init__(minimum=minimum, maximum=maximum, idle_timeout=idle_timeout)
-        wanted = minimum if n is None else parse_count("n", n)
-        assert wanted is not None
-        self.n = self.bounded(wanted)
+    def __init__(self, *, n: Any = None) -> None:
+        self.n = None if n is None else parse_count("n", n)
 
-    def decide(self, snapshot: Snapshot, now: float) -> Decision:
-        s = snapshot
-        reason = f"fixed at {self.n} workers"
-        if s.workers + s.pending < self.n:
-            return Decision("up", n=self.n, reason=reason, kwargs=s.resource_needs)
-        workers, deadline = choose_idle_workers(
-            s, s.workers - self.n, now, self.idle_timeout
+    def decide(self, snapshot: Snapshot, supply: Supply, now: float) -> Plan:
+        n = supply.minimum if self.n is None else self.n
+        if supply.maximum is not None:
+            n = min(n, supply.maximum)
+        reason = f"fixed at {n} workers"
+        allocation = allocate([], supply, n)
+        _rename_floor(allocation, reason, "fixed")
+        surplus = surplus_of(allocation, supply)
+        total = (
+            sum(allocation.desired(p.name) for p in supply.pools)
+            + allocation.kept[None]
         )
-        if workers:
-            return Decision(
-                "down", workers=tuple(workers), reason=reason, deadline=deadline
-            )
-        return Decision("hold", reason=reason, deadline=deadline)
+        if total > n:  # pool minimums can ask for more than n: they win
+            reason = f"{reason} (pool minimums keep {total})"
+        chosen, deadline = choose_idle_workers(snapshot, supply, surplus, now)
+        return Plan(
+            ups=ups_of(allocation, supply),
+            downs=downs_of(chosen, supply, reason, "idle"),
+            desired={p.name: allocation.desired(p.name) for p in supply.pools},
+            reason=reason,
+            deadline=deadline,
+        )
+
+
+def _rename_floor(allocation: Allocation, reason: str, cause: str) -> None:
+    """Growth for the global floor: say it was for ``reason``."""
+    for demands in allocation.reasons.values():
+        for i, d in enumerate(demands):
+            if d.cause == "minimum" and d.reason.startswith("minimum is "):
+                demands[i] = Demand(d.resources, d.threads, reason, cause, d.workers)
 
 
 def _parse_number(

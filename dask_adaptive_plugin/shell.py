@@ -131,7 +131,7 @@ async def _output_after_kill(talking: asyncio.Future) -> tuple[str, str]:
     """What a killed command wrote, unless a child of it holds its pipes open."""
     try:
         out, err = await asyncio.wait_for(talking, 5)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
         return "", ""
     return _decode(out), _decode(err)
 

@@ -1,18 +1,26 @@
-"""Cluster statistics kept incrementally from scheduler hooks.
+"""Demand: counters of tasks and workers kept incrementally from scheduler hooks.
 
 :class:`ClusterStats` is seeded by one scan of the scheduler when the plugin
 attaches and is then kept up to date in O(1) per hook call. A decision reads a
 :class:`Snapshot` of it, whose cost does not depend on the number of tasks or
-workers (only on the number of task prefixes and resource amounts waiting).
+workers, only on the number of resource classes and task prefixes with
+runnable work.
+
+Runnable work (tasks queued, without a worker, or processing) is grouped by
+what its tasks need: one *class* per distinct combination of resource
+restrictions (``{}`` for plain tasks, ``{"GPU": 1}``...). Tasks restricted to
+particular workers that are not there (``workers=[...]``, no longer
+connected) are counted apart as *pinned*: no new worker can run them.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from time import time
 from typing import TYPE_CHECKING, Any, Protocol
+
+from dask_adaptive_plugin import _compat
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -28,6 +36,19 @@ TRACKED = frozenset({*UNASSIGNED, "processing", "memory"})
 #: Busy workers re-checked per evaluation, to find those that became idle
 #: without a transition telling us (work stealing moves tasks silently).
 RECHECK_PER_EVALUATION = 4
+#: A recount after a failed hook scans every task: it happens at most once
+#: per this many seconds, and takes at most a tenth of the time.
+RESEED_INTERVAL = 1.0
+#: Distinct resource classes tracked one by one; tasks of further classes are
+#: counted together, needing the most of each resource any of them asked for.
+MAX_CLASSES = 32
+
+#: A resource class: the sorted ``(resource, amount)`` pairs its tasks need.
+ResourceClass = tuple[tuple[str, float], ...]
+PLAIN: ResourceClass = ()
+#: The class of the tasks beyond :data:`MAX_CLASSES`.
+OVERFLOW: ResourceClass = (("*", 0.0),)
+_PINNED: ResourceClass = (("pinned", 0.0),)
 
 
 class WorkerLike(Protocol):
@@ -38,26 +59,48 @@ class WorkerLike(Protocol):
 
 
 @dataclass(frozen=True)
+class Need:
+    """Runnable work of one resource class.
+
+    Attributes
+    ----------
+    resources
+        What each of its tasks needs: ``{}`` for plain tasks, ``{"GPU": 1}``.
+    tasks
+        Its tasks queued, without a worker, or processing.
+    seconds
+        Their estimated compute time (the scheduler's estimate per task prefix).
+    waiting
+        Of its tasks, those that no worker has yet.
+    """
+
+    resources: Mapping[str, float]
+    tasks: int
+    seconds: float
+    waiting: int = 0
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """What a policy sees: plain numbers, plus read-only views of two mappings.
+    """What a policy sees of demand: plain numbers, plus read-only views of two
+    mappings.
 
     A simulator builds one by hand; in a scheduler, :meth:`ClusterStats.snapshot`
     builds it in time independent of the numbers of tasks and workers.
     """
 
     workers: int
-    pending: int = 0
     nthreads: int = 0
-    threads_per_worker: int = 1
     memory_limit: int = 0
     stored_bytes: int = 0
     queued: int = 0
     no_worker: int = 0
     processing: int = 0
-    processing_seconds: float = 0.0
-    unassigned_seconds: float = 0.0
-    resource_needs: Mapping[str, float] = field(default_factory=dict)
-    #: Idle workers: address -> since when, oldest first.
+    #: Tasks restricted to workers that are not connected: no new worker helps.
+    pinned: int = 0
+    #: Runnable work by resource class, plain work (``resources == {}``) first.
+    needs: tuple[Need, ...] = ()
+    #: Idle workers: address -> since when (monotonic seconds), oldest first.
     idle: Mapping[str, float] = field(default_factory=dict)
     #: address -> worker (for ``nbytes`` and ``memory_limit``).
     worker_states: Mapping[str, WorkerLike] = field(default_factory=dict)
@@ -70,14 +113,24 @@ class Snapshot:
 class ClusterStats:
     """Counters of tasks and workers, kept from the scheduler's hooks.
 
+    Parameters
+    ----------
+    scheduler
+        The scheduler whose state is counted.
+    clock
+        Monotonic seconds (the event loop's ``time``): when workers became idle.
+
     Attributes
     ----------
     counts
         Tasks per state in :data:`COUNTED`.
-    unassigned_by_prefix
-        Task prefix name -> number of its tasks queued or without a worker.
-    resource_needs
-        Resource -> amount -> number of unassigned tasks that ask for it.
+    work
+        Resource class -> task prefix -> runnable tasks (queued, without a
+        worker, or processing), pinned tasks left out.
+    waiting
+        Resource class -> its tasks that no worker has yet.
+    pinned
+        Tasks without a worker that may only run on particular workers.
     stored_bytes
         Bytes of computed results in memory, each key counted once.
     memory_limit
@@ -91,20 +144,26 @@ class ClusterStats:
     the scheduler without a transition, and is left out of every counter.
     """
 
-    def __init__(self, scheduler: Scheduler, now: float) -> None:
+    def __init__(self, scheduler: Scheduler, clock: Callable[[], float]) -> None:
         self.scheduler = scheduler
+        self.clock = clock
         self._tasks = scheduler.tasks
-        self.reseed(now)
+        self.reseeded_at = -float("inf")
+        self.reseed_cost = 0.0
+        self.reseed()
 
     # -- seeding ---------------------------------------------------------------
 
-    def reseed(self, now: float) -> None:
+    def reseed(self) -> None:
         """Recompute everything with one scan of the scheduler's state."""
+        started = time.perf_counter()
+        now = self.clock()
         self.counts: dict[str, int] = dict.fromkeys(COUNTED, 0)
-        self.unassigned_by_prefix: defaultdict[str, int] = defaultdict(int)
-        self.resource_needs: defaultdict[str, defaultdict[float, int]] = defaultdict(
-            lambda: defaultdict(int)
-        )
+        self.work: dict[ResourceClass, dict[str, int]] = {}
+        self.waiting: dict[ResourceClass, int] = {}
+        self.pinned = 0
+        self.overflowed: set[ResourceClass] = set()
+        self.overflow_needs: dict[str, float] = {}
         self.stored_bytes = 0
         self.memory_limit = 0
         self.limits: dict[str, int] = {}
@@ -115,14 +174,31 @@ class ClusterStats:
                 self.counts[ts.state] += 1
                 self._enter(ts, ts.state)
         for address in self.scheduler.workers:
-            self.worker_added(address, now)
+            self.worker_added(address)
         self.needs_reseed = False
+        self.reseeded_at = now
+        self.reseed_cost = time.perf_counter() - started
+
+    def next_reseed(self) -> float | None:
+        """When a recount that is due may run, or ``None`` if none is due.
+
+        A hook that keeps failing must not make every evaluation scan every
+        task: at most one recount per :data:`RESEED_INTERVAL`, and at least
+        ten times its own duration apart.
+        """
+        if not self.needs_reseed:
+            return None
+        gap = max(RESEED_INTERVAL, 10 * self.reseed_cost)
+        return self.reseeded_at + gap
+
+    def reseed_if_due(self) -> None:
+        due = self.next_reseed()
+        if due is not None and self.clock() >= due:
+            self.reseed()
 
     # -- hooks: O(1) each --------------------------------------------------------
 
-    def transition(
-        self, key: Any, start: str, finish: str, worker: str | None
-    ) -> None:
+    def transition(self, key: Any, start: str, finish: str, worker: str | None) -> None:
         """A task moved from ``start`` to ``finish``.
 
         The hot path of the plugin: called several times per task.
@@ -143,7 +219,7 @@ class ClusterStats:
             if finish in TRACKED:
                 self._enter(ts, finish)
 
-    def worker_added(self, address: str, now: float) -> None:
+    def worker_added(self, address: str) -> None:
         ws = self.scheduler.workers.get(address)
         if ws is None or address in self.limits:
             return
@@ -152,7 +228,7 @@ class ClusterStats:
         if ws.processing:
             self.busy[address] = None
         else:
-            self.idle[address] = now
+            self.idle[address] = self.clock()
 
     def worker_removed(self, address: str) -> None:
         self.memory_limit -= self.limits.pop(address, 0)
@@ -162,9 +238,9 @@ class ClusterStats:
     # -- bookkeeping -------------------------------------------------------------
 
     def _enter(self, ts: TaskState, state: str) -> None:
-        if state in UNASSIGNED:
-            self._count_unassigned(ts, 1)
-        elif state == "processing":
+        if state in UNASSIGNED or state == "processing":
+            self._count_work(ts, state, 1)
+        if state == "processing":
             ws = ts.processing_on
             if ws is not None:
                 self.idle.pop(ws.address, None)
@@ -173,48 +249,78 @@ class ClusterStats:
             self.stored_bytes += max(ts.nbytes, 0)
 
     def _leave(self, ts: TaskState, state: str, worker: str | None) -> None:
-        if state in UNASSIGNED:
-            self._count_unassigned(ts, -1)
-        elif state == "processing":
-            now = time()
+        if state in UNASSIGNED or state == "processing":
+            self._count_work(ts, state, -1)
+        if state == "processing":
             if worker is not None:
-                self._recheck(worker, now)
+                self._recheck(worker)
             if self.counts["processing"] == 0 and self.busy:
-                self._all_idle(now)
+                self._all_idle()
         elif state == "memory":
             self.stored_bytes -= max(ts.nbytes, 0)
 
-    def _count_unassigned(self, ts: TaskState, delta: int) -> None:
+    def _count_work(self, ts: TaskState, state: str, delta: int) -> None:
+        if state == "no-worker" and _pinned(ts):
+            self.pinned += delta
+            return
+        key = self._class_of(ts, delta)
+        by_prefix = self.work.get(key)
+        if by_prefix is None:
+            by_prefix = self.work[key] = {}
         prefix = ts.prefix.name
-        count = self.unassigned_by_prefix[prefix] + delta
+        count = by_prefix.get(prefix, 0) + delta
         if count:
-            self.unassigned_by_prefix[prefix] = count
+            by_prefix[prefix] = count
         else:
-            del self.unassigned_by_prefix[prefix]
-        for resource, amount in (ts.resource_restrictions or {}).items():
-            amounts = self.resource_needs[resource]
-            amounts[amount] += delta
-            if not amounts[amount]:
-                del amounts[amount]
-                if not amounts:
-                    del self.resource_needs[resource]
+            del by_prefix[prefix]
+        if state != "processing":
+            self.waiting[key] = self.waiting.get(key, 0) + delta
+            if not self.waiting[key]:
+                del self.waiting[key]
+        if not by_prefix:
+            del self.work[key]
+            if key == OVERFLOW:  # drained: every class may be counted alone again
+                self.overflowed.clear()
+                self.overflow_needs.clear()
 
-    def _recheck(self, address: str, now: float) -> None:
+    def _class_of(self, ts: TaskState, delta: int) -> ResourceClass:
+        """The task's resource class; beyond :data:`MAX_CLASSES`, the overflow.
+
+        Which classes overflowed is remembered until the overflow drains, so a
+        task leaves the class it entered.
+        """
+        restrictions = ts.resource_restrictions
+        if not restrictions:
+            return PLAIN
+        key = tuple(sorted(restrictions.items()))
+        if key in self.overflowed:
+            return OVERFLOW
+        if key in self.work or len(self.work) < MAX_CLASSES or delta < 0:
+            return key
+        self.overflowed.add(key)
+        for resource, amount in key:
+            self.overflow_needs[resource] = max(
+                amount, self.overflow_needs.get(resource, 0)
+            )
+        return OVERFLOW
+
+    def _recheck(self, address: str) -> None:
         """Move a worker believed busy to idle if it has nothing to do."""
         ws = self.scheduler.workers.get(address)
         if ws is None or ws.processing or address in self.idle:
             return
         self.busy.pop(address, None)
-        self.idle[address] = now
+        self.idle[address] = self.clock()
 
-    def _all_idle(self, now: float) -> None:
+    def _all_idle(self) -> None:
         # Nothing is processing anywhere: every worker is idle. Each address in
         # ``busy`` was put there by a transition, so this is amortised O(1).
+        now = self.clock()
         for address in self.busy:
             self.idle.setdefault(address, now)
         self.busy.clear()
 
-    def recheck_some_busy(self, now: float) -> None:
+    def recheck_some_busy(self) -> None:
         """Check the longest-unchecked few busy workers; O(1) per call."""
         for _ in range(min(RECHECK_PER_EVALUATION, len(self.busy))):
             address = next(iter(self.busy))
@@ -225,39 +331,45 @@ class ClusterStats:
             if ws.processing:
                 self.busy[address] = None
             else:
-                self.idle.setdefault(address, now)
+                self.idle.setdefault(address, self.clock())
 
     # -- reading -------------------------------------------------------------------
 
-    def unassigned_seconds(self) -> float:
-        """Estimated compute time of the tasks that no worker has yet."""
+    def needs(self) -> tuple[Need, ...]:
+        """Runnable work by resource class, plain first; O(classes x prefixes)."""
         s = self.scheduler
         prefixes = s.task_prefixes
-        return sum(
-            count * s._get_prefix_duration(prefixes[name])
-            for name, count in self.unassigned_by_prefix.items()
-            if name in prefixes
-        )
+        result = []
+        for key in sorted(self.work, key=len):
+            by_prefix = self.work[key]
+            seconds = sum(
+                count * _compat.prefix_duration(s, prefixes[name])
+                for name, count in by_prefix.items()
+                if name in prefixes
+            )
+            resources = self.overflow_needs if key == OVERFLOW else dict(key)
+            result.append(
+                Need(
+                    resources=dict(resources),
+                    tasks=sum(by_prefix.values()),
+                    seconds=seconds,
+                    waiting=self.waiting.get(key, 0),
+                )
+            )
+        return tuple(result)
 
-    def largest_needs(self) -> dict[str, float]:
-        """For each resource, the most that one waiting task asks for."""
-        return {r: max(amounts) for r, amounts in self.resource_needs.items()}
-
-    def snapshot(self, *, pending: int, threads_per_worker: int) -> Snapshot:
+    def snapshot(self) -> Snapshot:
         s = self.scheduler
         return Snapshot(
             workers=len(s.workers),
-            pending=pending,
             nthreads=s.total_nthreads,
-            threads_per_worker=threads_per_worker,
             memory_limit=self.memory_limit,
             stored_bytes=self.stored_bytes,
             queued=self.counts["queued"],
             no_worker=self.counts["no-worker"],
             processing=self.counts["processing"],
-            processing_seconds=s.total_occupancy,
-            unassigned_seconds=self.unassigned_seconds(),
-            resource_needs=self.largest_needs(),
+            pinned=self.pinned,
+            needs=self.needs(),
             idle=self.idle,
             worker_states=s.workers,
         )
@@ -266,10 +378,16 @@ class ClusterStats:
         """The counters as plain data, for comparison with a recomputation."""
         return {
             "counts": dict(self.counts),
-            "unassigned_by_prefix": dict(self.unassigned_by_prefix),
-            "resource_needs": {
-                r: dict(a) for r, a in self.resource_needs.items() if a
-            },
+            "work": {k: dict(v) for k, v in self.work.items()},
+            "waiting": dict(self.waiting),
+            "pinned": self.pinned,
             "stored_bytes": self.stored_bytes,
             "memory_limit": self.memory_limit,
         }
+
+
+def _pinned(ts: TaskState) -> bool:
+    """Restricted to particular workers or hosts, with no way around it."""
+    return bool(ts.worker_restrictions or ts.host_restrictions) and not (
+        ts.loose_restrictions
+    )

@@ -23,9 +23,11 @@ class Watcher(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
+        self.added = 0
         self.computed: Counter = Counter()
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
+        self.added += 1
         self.sizes.append(len(scheduler.workers))
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
@@ -76,6 +78,13 @@ async def _result(value: Any) -> Any:
 
 def statuses(plugin: AdaptivePlugin) -> list[str]:
     return [entry["status"] for _, entry in plugin.log]
+
+
+def errors(plugin: AdaptivePlugin, action: str) -> list[dict[str, Any]]:
+    """The plugin's ``error`` records for one action."""
+    return [
+        e for _, e in plugin.log if e["status"] == "error" and e.get("action") == action
+    ]
 
 
 def events(scheduler: Scheduler, status: str | None = None) -> list[dict[str, Any]]:

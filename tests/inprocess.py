@@ -8,9 +8,12 @@ the workers and the plugin are all the real thing. Faults can be switched on.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import dask_adaptive_inprocess
+
+from dask_adaptive_plugin import PENDING
 
 
 class InProcessBackend(dask_adaptive_inprocess.InProcessBackend):
@@ -23,9 +26,25 @@ class InProcessBackend(dask_adaptive_inprocess.InProcessBackend):
     hang
         The first ``hang`` calls to ``scale_up`` never return.
     ghost
-        ``scale_up`` starts nothing: requested workers never arrive.
+        ``scale_up`` starts nothing: requested workers wait for ever, like
+        jobs in a queue that never runs them (``hold`` without end).
     die_after
         Seconds after which each new worker closes itself (a crash loop).
+    keep_dead
+        Workers that died stay counted, as a backend does that learns late
+        that its process ended (until ``scale_down`` names them).
+    hold
+        The first ``hold`` workers asked for wait, like batch jobs in a full
+        queue: counted as on their way, never started; ``scale_down``
+        cancels them, as the job-queue backends cancel waiting jobs.
+    ignore_resources
+        New workers get no resources, whatever ``scale_up`` asks for.
+    maximum
+        The most workers this backend says it can run, set in ``__init__``.
+    fail_init
+        ``__init__`` raises.
+    hang_close
+        ``close`` never returns.
     """
 
     def __init__(
@@ -35,10 +54,23 @@ class InProcessBackend(dask_adaptive_inprocess.InProcessBackend):
         hang: int = 0,
         ghost: bool = False,
         die_after: float | None = None,
+        keep_dead: bool = False,
+        hold: int = 0,
+        ignore_resources: bool = False,
+        maximum: int | None = None,
+        fail_init: bool = False,
+        hang_close: bool = False,
         **options: Any,
     ) -> None:
+        if fail_init:
+            raise RuntimeError("the backend could not start, on purpose")
         super().__init__(scheduler, **options)
         self.fail, self.hang, self.ghost, self.die_after = fail, hang, ghost, die_after
+        self.keep_dead, self.held = keep_dead, 0
+        self.hold = math.inf if ghost else hold
+        self.ignore_resources, self.hang_close = ignore_resources, hang_close
+        if maximum is not None:
+            self.maximum = maximum
         self.calls: list[tuple[str, Any, dict[str, Any]]] = []
         self.in_flight = self.most_in_flight = 0
         self.closed = False
@@ -49,10 +81,14 @@ class InProcessBackend(dask_adaptive_inprocess.InProcessBackend):
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             await self._misbehave()
-            if not self.ghost:
-                await super().scale_up(n, **kwargs)
-                if self.die_after is not None:
-                    asyncio.get_running_loop().call_later(self.die_after, self._kill_all)
+            missing = n - len(self.workers) - self.held
+            holding = max(min(missing, self.hold), 0)
+            self.hold -= holding
+            self.held += int(holding)
+            resources = {} if self.ignore_resources else kwargs
+            await super().scale_up(n - self.held, **resources)
+            if self.die_after is not None:
+                asyncio.get_running_loop().call_later(self.die_after, self._kill_all)
         finally:
             self.in_flight -= 1
 
@@ -65,20 +101,30 @@ class InProcessBackend(dask_adaptive_inprocess.InProcessBackend):
             await asyncio.Event().wait()
 
     def _kill_all(self) -> None:
-        for worker in self.workers.values():
+        for worker in list(self.workers.values()):
             asyncio.ensure_future(worker.close())
-        self.workers.clear()
+        if not self.keep_dead:
+            self.workers.clear()
 
     async def scale_down(self, workers: list[str]) -> None:
         self.calls.append(("down", list(workers), {}))
+        self.held = 0
         await super().scale_down(workers)
 
     async def cancel_pending(self) -> None:
         self.calls.append(("cancel", None, {}))
+        self.held = 0
 
     async def close(self) -> None:
         self.closed = True
+        if self.hang_close:
+            await asyncio.Event().wait()
         await super().close()
+
+    def report(self) -> dict[str, str]:
+        """Its workers, and the held requests as waiting ones."""
+        held = {f"held-{id(self)}-{i}": PENDING for i in range(self.held)}
+        return {**super().report(), **held}
 
     def ups(self) -> list[int]:
         return [n for kind, n, _ in self.calls if kind == "up"]

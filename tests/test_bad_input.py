@@ -14,18 +14,18 @@ import dask
 import pytest
 from distributed import Client, Scheduler
 from distributed.utils_test import gen_test, inc
+from helpers import until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from inprocess import InProcessBackend
 
-from dask_adaptive_plugin import AdaptivePlugin
+from dask_adaptive_plugin import AdaptivePlugin, AdaptivePolicy
 from dask_adaptive_plugin.config import (
     normalise_options,
     parse_count,
     parse_duration,
     parse_key_value,
 )
-from helpers import until
-from inprocess import InProcessBackend
 
 #: Anything a user, a config file or an environment variable might hand us.
 values = st.one_of(
@@ -106,8 +106,26 @@ def test_every_option_is_in_force_or_refused_by_name(name, value, from_config):
     except ValueError as e:
         assert name in str(e), str(e)
         return
-    in_force = getattr(plugin.policy, name, getattr(plugin.options, name, None))
-    assert in_force is not None or value is None
+    where = plugin.policy if name in POLICY_OPTIONS else plugin.options
+    in_force = getattr(where, name)
+    if value is None:  # the default stays in force
+        default = AdaptivePolicy() if name in POLICY_OPTIONS else AdaptivePlugin().options
+        assert in_force == getattr(default, name)
+    else:  # exactly the value given, read as every option of its kind is read
+        assert in_force == READ[name](value), (in_force, value)
+
+
+#: How each option's value is read, to check that the one given is in force.
+READ = {
+    "minimum": lambda v: parse_count("minimum", v),
+    "maximum": lambda v: parse_count("maximum", v, allow_none=True),
+    "idle_timeout": lambda v: parse_duration("idle_timeout", v),
+    "start_timeout": lambda v: parse_duration("start_timeout", v),
+    "retire_timeout": lambda v: parse_duration("retire_timeout", v),
+    "target_duration": lambda v: parse_duration("target_duration", v),
+    "scale_factor": float,
+    "memory_threshold": float,
+}
 
 
 def write_broken_distribution(root: Path) -> Path:
@@ -121,6 +139,7 @@ def write_broken_distribution(root: Path) -> Path:
         notaclass = json:dumps
         badmaximum = broken_backends:BadMaximum
         nonsense = broken_backends:Nonsense
+        failsinit = broken_backends:FailsInit
         """))
     (root / "broken_backends.py").write_text(textwrap.dedent("""\
         import asyncio
@@ -129,6 +148,10 @@ def write_broken_distribution(root: Path) -> Path:
 
         class BadMaximum(Backend):
             maximum = "lots"
+
+        class FailsInit(Backend):
+            def __init__(self, scheduler):
+                raise RuntimeError("no cluster to talk to, on purpose")
 
         class Nonsense(Backend):
             '''Starts real workers but answers nonsense.'''
@@ -183,6 +206,18 @@ def test_a_broken_entry_point_stops_dask_scheduler_with_its_name(broken):
     assert "'missing'" in last and "broken-backends 1.0" in last
 
 
+def test_a_backend_that_fails_to_start_stops_dask_scheduler(broken):
+    env = {**os.environ, "PYTHONPATH": f"{broken}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dask"), "scheduler", "--preload",
+         "dask_adaptive_plugin", "--adaptive-backend", "failsinit", "--port", "0",
+         "--dashboard-address", ":0"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "no cluster to talk to, on purpose" in proc.stderr.strip().splitlines()[-1]
+
+
 @gen_test(timeout=60, clean_kwargs={"threads": False})
 async def test_a_backend_answering_nonsense_never_breaks_the_scheduler(broken):
     plugin = AdaptivePlugin(backend="nonsense", maximum=2, idle_timeout="100ms")
@@ -193,7 +228,7 @@ async def test_a_backend_answering_nonsense_never_breaks_the_scheduler(broken):
                 e for _, e in plugin.log if e["status"] == "error"
             ]
             await until(failing, timeout=20)  # retiring hits stopped_together's None
-            assert failing()[0]["action"] == "scale_down"
+            assert failing()[0]["action"] == "retire"
             assert "TypeError" in failing()[0]["error"]
             assert await c.submit(inc, 2) == 3  # the scheduler keeps working
 

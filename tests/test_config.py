@@ -10,7 +10,9 @@ import dask
 import pytest
 
 from dask_adaptive_plugin import AdaptivePlugin, FixedPolicy
+from dask_adaptive_plugin.backends.local import LocalBackend
 from dask_adaptive_plugin.config import parse_key_value, resolve_options
+from dask_adaptive_plugin.plugin import pool_runtime
 
 
 def test_defaults_come_from_the_shipped_yaml():
@@ -31,7 +33,11 @@ def test_arguments_win_over_config():
 
 def test_maximum_none_takes_the_backends_bound():
     plugin = AdaptivePlugin()
-    assert plugin.policy.maximum == (os.cpu_count() or 1)
+    assert plugin.options.maximum is None
+    cpus = os.cpu_count() or 1
+    assert pool_runtime(plugin.pools[0], LocalBackend).maximum == cpus
+    with pytest.raises(ValueError, match=f"above the backend's maximum {cpus}"):
+        AdaptivePlugin(minimum=cpus + 1)
 
 
 def test_option_keys_become_snake_case():

@@ -27,6 +27,8 @@ from distributed.utils_test import gen_test, slowinc
 
 dask_jobqueue_config = pytest.importorskip("dask_jobqueue.config")
 
+from helpers import events, until  # noqa: E402
+
 from dask_adaptive_plugin import AdaptivePlugin  # noqa: E402
 from dask_adaptive_plugin.backends.command import CommandBackend  # noqa: E402
 from dask_adaptive_plugin.backends.jobqueue import (  # noqa: E402
@@ -37,7 +39,6 @@ from dask_adaptive_plugin.backends.jobqueue import (  # noqa: E402
     SLURMBackend,
 )
 from dask_adaptive_plugin.shell import CommandError, run_command  # noqa: E402
-from helpers import events, until  # noqa: E402
 
 # -- the stand-in queue ---------------------------------------------------------------------
 
@@ -545,6 +546,17 @@ async def test_run_command_error_shows_command_code_and_output():
     assert "Command: sh -c 'echo to-out; echo to-err >&2; exit 3' 'x y'" in message
     assert "Exit code: 3" in message
     assert "stdout:\nto-out" in message and "stderr:\nto-err" in message
+
+
+@gen_test(timeout=30)
+async def test_run_command_timeout_while_a_child_of_another_session_holds_the_pipes():
+    """The command is killed, but a daemon it left keeps stdout open: still a
+    CommandError within bounded time (Python 3.10's asyncio.TimeoutError is not
+    the builtin TimeoutError)."""
+    started = time.monotonic()
+    with pytest.raises(CommandError, match="timed out after 0.5s"):
+        await run_command(["sh", "-c", "setsid sleep 8 & echo before; sleep 30"], timeout=0.5)
+    assert time.monotonic() - started < 10
 
 
 @gen_test(timeout=30)

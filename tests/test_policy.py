@@ -1,4 +1,4 @@
-"""The policies are pure: tested with hand-made snapshots, no cluster."""
+"""The policies are pure: tested with hand-made snapshots and supplies, no cluster."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from dask_adaptive_plugin import AdaptivePolicy, FixedPolicy, Snapshot
-from dask_adaptive_plugin.policy import choose_idle_workers
+from dask_adaptive_plugin import AdaptivePolicy, FixedPolicy, Need, Pool, Snapshot
+from dask_adaptive_plugin.policy import PoolSupply, Supply, choose_idle_workers
 
 
 @dataclass
@@ -16,7 +16,35 @@ class FakeWorker:
     memory_limit: int = 1000
 
 
-def idle_cluster(n: int, since: float = 0.0, nbytes: int = 0, limit: int = 1000) -> dict:
+def pool(name="default", **kwargs) -> Pool:
+    kwargs.setdefault("idle_timeout", 10.0)
+    return Pool(name, "local", **kwargs)
+
+
+def one_pool(
+    running=0, on_the_way=0, maximum=None, minimum=0, tpw=1.0, idle_timeout=10.0, **kw
+) -> Supply:
+    """The one-pool case, with its workers w0, w1, ... running."""
+    p = PoolSupply(
+        pool(idle_timeout=idle_timeout),
+        maximum=maximum,
+        running=running,
+        on_the_way=on_the_way,
+        threads_per_worker=tpw,
+    )
+    pool_of = {f"w{i}": "default" for i in range(running)}
+    return Supply(
+        (p,), minimum=minimum, maximum=kw.get("global_maximum"), pool_of=pool_of
+    )
+
+
+def plain(tasks: int, seconds: float, waiting: int | None = None) -> Need:
+    return Need({}, tasks, seconds, tasks if waiting is None else waiting)
+
+
+def idle_cluster(
+    n: int, since: float = 0.0, nbytes: int = 0, limit: int = 1000
+) -> dict:
     states = {f"w{i}": FakeWorker(nbytes, limit) for i in range(n)}
     return dict(
         workers=n,
@@ -27,145 +55,315 @@ def idle_cluster(n: int, since: float = 0.0, nbytes: int = 0, limit: int = 1000)
     )
 
 
+def decide(policy, snapshot: Snapshot, supply: Supply, now: float = 0.0):
+    return policy.decide(snapshot, supply, now)
+
+
+# -- growing ---------------------------------------------------------------------------
+
+
 def test_scale_from_zero_when_work_waits():
-    policy = AdaptivePolicy(maximum=10)
-    d = policy.decide(Snapshot(workers=0, queued=3, unassigned_seconds=1.5), now=0)
-    assert d.status == "up"
-    assert d.n == 1
-    assert "3 tasks wait" in d.reason
+    s = Snapshot(workers=0, queued=3, needs=(plain(3, 1.5),))
+    plan = decide(AdaptivePolicy(), s, one_pool(maximum=10))
+    [up] = plan.ups
+    assert (up.pool, up.n) == ("default", 1)
+    assert "3 tasks wait" in up.reason
 
 
 def test_nothing_to_do_holds_at_zero():
-    d = AdaptivePolicy().decide(Snapshot(workers=0), now=0)
-    assert d.status == "hold"
+    plan = decide(AdaptivePolicy(), Snapshot(workers=0), one_pool())
+    assert not plan.ups and not plan.downs
+    assert plan.reason == "no runnable tasks"
 
 
 def test_queued_work_that_fits_the_target_duration_does_not_grow():
     # 12 s of work on 3 workers: 4 s each, within the 5 s target
-    s = Snapshot(workers=3, nthreads=3, queued=50, processing=3,
-                 unassigned_seconds=10, processing_seconds=2)  # fmt: skip
-    assert AdaptivePolicy().decide(s, now=0).status == "hold"
+    s = Snapshot(
+        workers=3, nthreads=3, queued=50, processing=3, needs=(plain(53, 12, 50),)
+    )
+    assert not decide(AdaptivePolicy(), s, one_pool(running=3)).ups
 
 
 def test_queued_work_beyond_the_target_duration_grows_to_fit_it():
-    s = Snapshot(workers=2, nthreads=2, queued=50, processing=2,
-                 unassigned_seconds=30, processing_seconds=2)  # fmt: skip
-    d = AdaptivePolicy(target_duration="4s").decide(s, now=0)
-    assert (d.status, d.n) == ("up", 8)
-    assert "50 tasks wait for a worker" in d.reason
+    s = Snapshot(
+        workers=2, nthreads=2, queued=50, processing=2, needs=(plain(52, 32, 50),)
+    )
+    [up] = decide(AdaptivePolicy(target_duration="4s"), s, one_pool(running=2)).ups
+    assert up.n == 8
+    assert "50 tasks wait for a worker" in up.reason
 
 
 def test_grows_straight_to_target_duration():
     # 100 tasks of 1 s with a 5 s target on one-thread workers: 20 workers
-    s = Snapshot(workers=2, nthreads=2, queued=98, processing=2,
-                 unassigned_seconds=98.0, processing_seconds=2.0)  # fmt: skip
-    d = AdaptivePolicy(target_duration="5s").decide(s, now=0)
-    assert (d.status, d.n) == ("up", 20)
+    s = Snapshot(
+        workers=2, nthreads=2, queued=98, processing=2, needs=(plain(100, 100.0, 98),)
+    )
+    [up] = decide(AdaptivePolicy(target_duration="5s"), s, one_pool(running=2)).ups
+    assert up.n == 20
 
 
 def test_never_more_workers_than_runnable_tasks():
-    s = Snapshot(workers=1, nthreads=1, queued=2, processing=1, unassigned_seconds=1000)
-    assert AdaptivePolicy().decide(s, now=0).n == 3
+    s = Snapshot(
+        workers=1, nthreads=1, queued=2, processing=1, needs=(plain(3, 1000, 2),)
+    )
+    [up] = decide(AdaptivePolicy(), s, one_pool(running=1)).ups
+    assert up.n == 3
 
 
 def test_threads_per_worker_divides_the_need():
-    s = Snapshot(workers=0, queued=40, unassigned_seconds=400, threads_per_worker=4)
-    assert AdaptivePolicy(target_duration="10s").decide(s, now=0).n == 10
+    s = Snapshot(workers=0, queued=40, needs=(plain(40, 400),))
+    [up] = decide(AdaptivePolicy(target_duration="10s"), s, one_pool(tpw=4)).ups
+    assert up.n == 10
 
 
 def test_maximum_caps_and_minimum_floors():
-    s = Snapshot(workers=0, queued=1000, unassigned_seconds=1000)
-    assert AdaptivePolicy(maximum=7).decide(s, now=0).n == 7
-    d = AdaptivePolicy(minimum=3).decide(Snapshot(workers=0), now=0)
-    assert (d.status, d.n) == ("up", 3)
-    assert "minimum" in d.reason
+    s = Snapshot(workers=0, queued=1000, needs=(plain(1000, 1000),))
+    [up] = decide(AdaptivePolicy(), s, one_pool(maximum=7)).ups
+    assert up.n == 7
+    [up] = decide(AdaptivePolicy(), Snapshot(workers=0), one_pool(minimum=3)).ups
+    assert up.n == 3
+    assert "minimum" in up.reason
 
 
-def test_pending_workers_are_not_asked_for_twice():
-    s = Snapshot(workers=0, pending=4, queued=100, unassigned_seconds=5)
-    assert AdaptivePolicy(maximum=4).decide(s, now=0).status == "hold"
+def test_the_global_maximum_caps_all_pools_together():
+    s = Snapshot(workers=0, queued=1000, needs=(plain(1000, 1000),))
+    [up] = decide(AdaptivePolicy(), s, one_pool(global_maximum=4)).ups
+    assert up.n == 4
 
 
-def test_idle_queued_work_does_not_grow():
-    # queued tasks while a worker is idle: the scheduler is about to assign them
-    s = Snapshot(workers=2, nthreads=2, queued=1, idle={"w0": 0.0},
-                 worker_states={"w0": FakeWorker()})  # fmt: skip
-    assert AdaptivePolicy().decide(s, now=0).status == "hold"
+def test_workers_on_their_way_are_not_asked_for_twice():
+    s = Snapshot(workers=0, queued=100, needs=(plain(100, 5),))
+    assert not decide(AdaptivePolicy(), s, one_pool(on_the_way=4, maximum=4)).ups
+    # and with room: only the difference is added to the total
+    s = Snapshot(workers=0, queued=100, needs=(plain(100, 40),))
+    [up] = decide(AdaptivePolicy(), s, one_pool(on_the_way=4)).ups
+    assert up.n == 8
 
 
-def test_tasks_without_a_suitable_worker_grow_with_resource_needs():
-    s = Snapshot(workers=2, nthreads=2, no_worker=1, unassigned_seconds=1,
-                 resource_needs={"memory": 8e9}, **{"idle": {"w0": 0.0}})  # fmt: skip
-    d = AdaptivePolicy().decide(s, now=0)
-    assert d.status == "up"
-    assert d.kwargs == {"memory": 8e9}
+def test_queued_work_with_an_idle_worker_that_can_take_it_does_not_grow():
+    # one worker busy, one idle, and one more task than the busy one runs: the
+    # scheduler is about to give it to the idle worker, no third worker
+    s = Snapshot(workers=2, nthreads=2, queued=1, processing=1, needs=(plain(2, 8, 1),),
+                 idle={"w1": 0.0}, worker_states={"w0": FakeWorker(), "w1": FakeWorker()})  # fmt: skip
+    plan = decide(AdaptivePolicy(target_duration="1s"), s, one_pool(running=2))
+    assert not plan.ups
+    # without the idle worker, the same work grows the cluster
+    s = Snapshot(workers=1, nthreads=1, queued=1, processing=1, needs=(plain(2, 8, 1),))
+    [up] = decide(AdaptivePolicy(target_duration="1s"), s, one_pool(running=1)).ups
+    assert up.n == 2
+
+
+def test_resource_needs_reach_an_undeclared_pool_as_kwargs():
+    # no worker of the pool can run it (it has no worker): one more, asked
+    # with what the task needs
+    gpu = Need({"GPU": 2}, 1, 1.0, 1)
+    s = Snapshot(workers=2, nthreads=2, no_worker=1, needs=(gpu,), idle={"w0": 0.0})
+    [up] = decide(AdaptivePolicy(), s, one_pool(running=2)).ups
+    assert up.kwargs == {"GPU": 2}
+    assert up.n == 3
+    # once one is on its way, none more
+    assert not decide(AdaptivePolicy(), s, one_pool(running=2, on_the_way=1)).ups
+
+
+def test_a_need_the_pool_turned_out_to_lack_is_unsatisfiable():
+    gpu = Need({"GPU": 1}, 5, 2.5, 5)
+    s = Snapshot(workers=1, nthreads=1, no_worker=5, needs=(gpu,))
+    p = PoolSupply(pool(), running=1, lacks=frozenset({"GPU"}))
+    plan = decide(AdaptivePolicy(), s, Supply((p,)))
+    assert not plan.ups
+    assert plan.unsatisfiable == (gpu,)
 
 
 def test_memory_pressure_grows():
     s = Snapshot(workers=2, nthreads=2, memory_limit=2000, stored_bytes=1500)
-    d = AdaptivePolicy().decide(s, now=0)
-    assert d.status == "up"
-    assert d.n >= 3
-    assert "memory" in d.reason
+    [up] = decide(AdaptivePolicy(), s, one_pool(running=2)).ups
+    # 1500 bytes at 0.5 of 1000 bytes per worker need 3 workers; growing by the
+    # scale factor gives 4: the larger
+    assert up.n == 4
+    assert "memory" in up.reason
+    assert up.cause == "memory"
+
+
+# -- pools ------------------------------------------------------------------------------
+
+
+def two_pools(cpu_running=0, gpu_running=0, cpu_available=True, **kw) -> Supply:
+    cpu = PoolSupply(
+        pool("cpu", resources={}),
+        maximum=2,
+        running=cpu_running,
+        available=cpu_available,
+    )
+    gpu = PoolSupply(
+        pool("gpu", resources={"GPU": 1}, cost=5), maximum=1, running=gpu_running
+    )
+    pool_of = {f"c{i}": "cpu" for i in range(cpu_running)}
+    pool_of.update({f"g{i}": "gpu" for i in range(gpu_running)})
+    return Supply((cpu, gpu), pool_of=pool_of, **kw)
+
+
+def test_plain_work_never_starts_a_worker_in_a_dearer_pool_with_room_in_a_cheaper():
+    s = Snapshot(workers=0, queued=2, needs=(plain(2, 2),))
+    [up] = decide(AdaptivePolicy(target_duration="1s"), s, two_pools()).ups
+    assert (up.pool, up.n) == ("cpu", 2)
+    # more than the cheap pool holds spills over
+    s = Snapshot(workers=0, queued=10, needs=(plain(10, 10),))
+    cpu, gpu = decide(AdaptivePolicy(target_duration="1s"), s, two_pools()).ups
+    assert (cpu.pool, cpu.n, gpu.pool, gpu.n) == ("cpu", 2, "gpu", 1)
+
+
+def test_plain_work_spills_to_the_next_pool_when_the_cheapest_is_full():
+    s = Snapshot(workers=2, queued=10, needs=(plain(12, 12, 10),))
+    [up] = decide(AdaptivePolicy(target_duration="1s"), s, two_pools(cpu_running=2)).ups
+    assert (up.pool, up.n) == ("gpu", 1)
+
+
+def test_gpu_work_starts_one_worker_in_the_gpu_pool_only():
+    gpu = Need({"GPU": 1}, 1, 0.5, 1)
+    s = Snapshot(workers=0, no_worker=1, needs=(gpu,))
+    [up] = decide(AdaptivePolicy(), s, two_pools()).ups
+    assert (up.pool, up.n, dict(up.kwargs)) == ("gpu", 1, {"GPU": 1})
+
+
+def test_a_need_no_pool_provides_is_unsatisfiable_and_grows_nothing():
+    fpga = Need({"FPGA": 1}, 3, 1.5, 3)
+    plan = decide(
+        AdaptivePolicy(), Snapshot(workers=0, no_worker=3, needs=(fpga,)), two_pools()
+    )
+    assert not plan.ups
+    assert plan.unsatisfiable == (fpga,)
+
+
+def test_an_unavailable_pool_falls_back_to_the_next_that_fits():
+    s = Snapshot(workers=0, queued=10, needs=(plain(10, 10),))
+    [up] = decide(AdaptivePolicy(), s, two_pools(cpu_available=False)).ups
+    assert up.pool == "gpu"
+
+
+def test_when_demand_falls_the_dearer_pools_idle_workers_go_first():
+    # one runnable task: one worker is needed; both pools have an idle one
+    s = Snapshot(workers=2, processing=0, queued=1, needs=(plain(1, 0.5),),
+                 idle={"c0": 0.0, "g0": 0.0},
+                 worker_states={"c0": FakeWorker(), "g0": FakeWorker()})  # fmt: skip
+    plan = decide(AdaptivePolicy(), s, two_pools(cpu_running=1, gpu_running=1), now=100)
+    [down] = plan.downs
+    assert (down.pool, down.workers) == ("gpu", ("g0",))
+
+
+def test_workers_there_are_kept_before_new_ones_are_started():
+    # a gpu worker is running: plain work uses it instead of starting a cpu one
+    s = Snapshot(workers=1, queued=1, needs=(plain(1, 0.5),))
+    plan = decide(AdaptivePolicy(), s, two_pools(gpu_running=1))
+    assert not plan.ups and not plan.downs
+
+
+def test_pool_minimums_are_kept():
+    cpu = PoolSupply(pool("cpu", minimum=2), maximum=4)
+    [up] = decide(AdaptivePolicy(), Snapshot(workers=0), Supply((cpu,))).ups
+    assert (up.pool, up.n) == ("cpu", 2)
+
+
+# -- shrinking --------------------------------------------------------------------------
 
 
 def test_idle_workers_retire_after_the_timeout_only():
-    policy = AdaptivePolicy(idle_timeout=10)
     s = Snapshot(**idle_cluster(3, since=100.0))
-    early = policy.decide(s, now=105)
-    assert early.status == "hold"
+    early = decide(AdaptivePolicy(), s, one_pool(running=3), now=105)
+    assert not early.downs
     assert early.deadline == 110
-    late = policy.decide(s, now=110)
-    assert late.status == "down"
+    [late] = decide(AdaptivePolicy(), s, one_pool(running=3), now=110).downs
     assert sorted(late.workers) == ["w0", "w1", "w2"]
 
 
 def test_retiring_some_names_when_the_next_idle_worker_expires():
     s = Snapshot(**{**idle_cluster(2), "idle": {"w0": 100.0, "w1": 101.0}})
-    d = AdaptivePolicy(idle_timeout=10).decide(s, now=110)
-    assert d.workers == ("w0",)
-    assert d.deadline == 111  # so that a refused worker is looked at again
+    plan = decide(AdaptivePolicy(), s, one_pool(running=2), now=110)
+    [down] = plan.downs
+    assert down.workers == ("w0",)
+    assert plan.deadline == 111  # so that a refused worker is looked at again
+
+
+def test_held_workers_are_not_chosen_before_their_time():
+    s = Snapshot(**idle_cluster(2))
+    supply = one_pool(running=2)
+    supply = Supply(supply.pools, pool_of=supply.pool_of, held={"w0": 50.0})
+    plan = decide(AdaptivePolicy(), s, supply, now=20)
+    [down] = plan.downs
+    assert down.workers == ("w1",)
+    assert plan.deadline == 50
 
 
 def test_minimum_is_kept_when_retiring():
     s = Snapshot(**idle_cluster(5))
-    d = AdaptivePolicy(minimum=2, idle_timeout=1).decide(s, now=10)
-    assert len(d.workers) == 3
+    [down] = decide(
+        AdaptivePolicy(), s, one_pool(running=5, minimum=2, idle_timeout=1), now=10
+    ).downs
+    assert len(down.workers) == 3
 
 
 def test_least_data_goes_first_and_memory_stays_under_threshold():
     states = {"a": FakeWorker(300), "b": FakeWorker(10), "c": FakeWorker(200)}
     s = Snapshot(workers=3, nthreads=3, memory_limit=3000, stored_bytes=400,
                  idle=dict.fromkeys(states, 0.0), worker_states=states)  # fmt: skip
+    supply = Supply(
+        (PoolSupply(pool(idle_timeout=1), running=3),),
+        pool_of=dict.fromkeys(states, "default"),
+    )
     # 400 bytes need 800 bytes of limit at a 0.5 threshold: one worker must stay
-    d = AdaptivePolicy(idle_timeout=1).decide(s, now=10)
-    assert d.workers == ("b", "c")
+    [down] = decide(AdaptivePolicy(), s, supply, now=10).downs
+    assert down.workers == ("b", "c")
 
 
 def test_busy_work_keeps_needed_workers():
-    s = Snapshot(**{**idle_cluster(4), "processing": 2, "processing_seconds": 100,
+    s = Snapshot(**{**idle_cluster(4), "processing": 2, "needs": (plain(2, 100, 0),),
                     "idle": {"w2": 0.0, "w3": 0.0}})  # fmt: skip
-    d = AdaptivePolicy(idle_timeout=1).decide(s, now=10)
-    assert sorted(d.workers) == ["w2", "w3"]
+    [down] = decide(
+        AdaptivePolicy(), s, one_pool(running=4, idle_timeout=1), now=10
+    ).downs
+    assert sorted(down.workers) == ["w2", "w3"]
 
 
 def test_choose_idle_workers_costs_nothing_when_none_may_go():
     s = Snapshot(**idle_cluster(3))
-    assert choose_idle_workers(s, 0, now=100, idle_timeout=1) == ([], None)
+    assert choose_idle_workers(s, one_pool(running=3), {"default": 0}, now=100) == (
+        {},
+        None,
+    )
+
+
+def test_workers_no_pool_claims_go_before_any_pools():
+    s = Snapshot(**idle_cluster(2))
+    supply = Supply(
+        (PoolSupply(pool(idle_timeout=1), running=1),),
+        unmanaged=1,
+        pool_of={"w0": "default", "w1": None},
+    )
+    [down] = decide(FixedPolicy(n=1), s, supply, now=10).downs
+    assert (down.pool, down.workers) == (None, ("w1",))
+
+
+# -- the fixed policy ----------------------------------------------------------------------
 
 
 def test_fixed_policy_keeps_n():
     policy = FixedPolicy(n=3)
-    assert policy.decide(Snapshot(workers=1), now=0).n == 3
-    assert policy.decide(Snapshot(**idle_cluster(5)), now=0).status == "hold"
-    d = policy.decide(Snapshot(**idle_cluster(5)), now=100)
-    assert d.status == "down"
-    assert len(d.workers) == 2
-    assert policy.decide(Snapshot(workers=2, pending=1), now=0).status == "hold"
+    [up] = decide(policy, Snapshot(workers=1), one_pool(running=1)).ups
+    assert up.n == 3
+    assert not decide(policy, Snapshot(**idle_cluster(5)), one_pool(running=5)).downs
+    [down] = decide(
+        policy, Snapshot(**idle_cluster(5)), one_pool(running=5), now=100
+    ).downs
+    assert len(down.workers) == 2
+    assert not decide(
+        policy, Snapshot(workers=2), one_pool(running=2, on_the_way=1)
+    ).ups
 
 
-def test_fixed_policy_defaults_to_minimum():
-    assert FixedPolicy(minimum=2).n == 2
+def test_fixed_policy_defaults_to_the_global_minimum_and_keeps_the_maximum():
+    [up] = decide(FixedPolicy(), Snapshot(workers=0), one_pool(minimum=2)).ups
+    assert up.n == 2
+    [up] = decide(FixedPolicy(n=5), Snapshot(workers=0), one_pool(maximum=1)).ups
+    assert up.n == 1
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import asyncio
 import os
 import random
 import signal
+import threading
 import time
-
 from contextlib import asynccontextmanager
 
 import dask
@@ -16,16 +16,12 @@ import pytest
 from distributed import Client, Scheduler, Worker, secede, wait
 from distributed.core import Status
 from distributed.utils_test import BlockedGatherDep, gen_test, inc, slowinc
-
-from dask_adaptive_plugin import AdaptivePlugin, controller
-from helpers import adaptive_cluster, statuses, until
+from helpers import adaptive_cluster, errors, statuses, until
 from inprocess import InProcessBackend
 
+from dask_adaptive_plugin import AdaptivePlugin, planner, retire
+
 NO_THREAD_CHECK = {"threads": False}
-
-
-def errors(plugin: AdaptivePlugin, action: str) -> list[dict]:
-    return [e for _, e in plugin.log if e["status"] == "error" and e["action"] == action]
 
 
 @pytest.mark.parametrize("policy", ["adaptive", "fixed"])
@@ -132,8 +128,11 @@ async def test_a_worker_that_dies_during_its_retirement_loses_nothing():
         b.block_gather_dep.set()
         assert await x == 2  # recomputed from its task: nothing is lost
         assert len(await y) == 10_000
-        await until(lambda: plugin.controller._action is None)
+        await until(lambda: not plugin.controller._actions)
         assert not [e for _, e in plugin.log if e["status"] == "error"]
+        # no ghost: every worker the plugin chose is idle again, retired or gone
+        assert set(plugin.stats.idle) <= set(s.workers)
+        assert set(plugin.ledger.by_address) == set(s.workers)
         assert await c.submit(inc, 41) == 42  # and the scheduler carries on
 
 
@@ -179,16 +178,18 @@ async def test_requested_workers_that_never_arrive_are_cancelled_and_asked_again
 
 @gen_test(timeout=60, clean_kwargs=NO_THREAD_CHECK)
 async def test_workers_that_die_right_after_starting_do_not_loop_forever(monkeypatch):
-    monkeypatch.setattr(controller, "BACKOFF_START", 0.05)
+    monkeypatch.setattr(planner, "BACKOFF_START", 0.05)
     with dask.config.set({"distributed.scheduler.allowed-failures": 100}):
         async with adaptive_cluster(
             maximum=1, backend_options={"die_after": 0.05}
         ) as (s, c, plugin, _):
             future = c.submit(slowinc, 1, delay=0.5)
-            await until(lambda: len(errors(plugin, "worker")) >= controller.CRASH_LIMIT)
-            await asyncio.sleep(1.0)
+            await until(lambda: len(errors(plugin, "worker")) >= planner.CRASH_LIMIT)
+            # had it not stopped, it would ask again after the last back-off:
+            # wait twice that long
+            await asyncio.sleep(2 * planner.backoff(planner.CRASH_LIMIT))
             calls = len(plugin.backend.ups())
-            assert calls == controller.CRASH_LIMIT  # then it stops asking
+            assert calls == planner.CRASH_LIMIT  # then it stops asking
             last = errors(plugin, "worker")[-1]
             assert "no more are asked for until new work" in last["reason"]
             assert [e["retry_in"] for e in errors(plugin, "worker")][:3] == [0.05, 0.1, 0.2]
@@ -198,20 +199,39 @@ async def test_workers_that_die_right_after_starting_do_not_loop_forever(monkeyp
             del future
 
 
+SECEDED = threading.Event()
+
+
+def long_running():
+    secede()
+    SECEDED.wait(30)
+    return 1
+
+
 @gen_test(timeout=60, clean_kwargs=NO_THREAD_CHECK)
 async def test_seceded_long_running_workers_are_never_retired():
-    def long_running():
-        secede()
-        time.sleep(2)
-        return 1
-
-    async with adaptive_cluster(maximum=2, idle_timeout="100ms") as (s, c, plugin, _):
+    """Two workers, one running a seceded task, and a policy that wants none:
+    the idle one is retired, the long-running one stays until its task ends."""
+    SECEDED.clear()
+    async with adaptive_cluster(
+        policy="fixed", n=2, maximum=2, idle_timeout="100ms"
+    ) as (s, c, plugin, _):
+        await until(lambda: len(s.workers) == 2)
         seceded = c.submit(long_running, key="seceded", pure=False)
         await until(lambda: any(ws.long_running for ws in s.workers.values()))
         [runner] = [ws.address for ws in s.workers.values() if ws.long_running]
-        await asyncio.sleep(1.0)  # far past the idle timeout
+        # it is never even a candidate: retire.retirable() leaves it out
+        assert retire.retirable(s, list(s.workers)) == [
+            a for a in s.workers if a != runner
+        ]
+        plugin.policy.n = 0  # the policy now wants no worker at all
+        plugin.controller.poke()
+        await until(lambda: list(s.workers) == [runner], what="the idle one retired")
         assert runner in s.workers
+        SECEDED.set()
         assert await seceded == 1
+        del seceded  # the last worker holding data stays while it is held
+        await until(lambda: not s.workers, what="retired once its task ended")
 
 
 @gen_test(timeout=120, clean_kwargs=NO_THREAD_CHECK)

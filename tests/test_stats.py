@@ -9,33 +9,38 @@ from collections import Counter, defaultdict
 import pytest
 from distributed import wait
 from distributed.utils_test import captured_logger, gen_cluster, inc, slowinc
+from helpers import until
+from inprocess import InProcessBackend
 
 from dask_adaptive_plugin import AdaptivePlugin
-from dask_adaptive_plugin.stats import COUNTED, UNASSIGNED
-from inprocess import InProcessBackend
+from dask_adaptive_plugin.stats import COUNTED, UNASSIGNED, _pinned
 
 
 def recount(scheduler) -> dict:
     """The statistics, computed from scratch from the scheduler's own state."""
     counts = dict.fromkeys(COUNTED, 0)
-    prefixes: Counter = Counter()
-    needs: defaultdict = defaultdict(Counter)
-    stored = 0
+    work: defaultdict = defaultdict(Counter)
+    waiting: Counter = Counter()
+    pinned = stored = 0
     for ts in scheduler.tasks.values():
         if ts.run_spec is None:
             continue
         if ts.state in counts:
             counts[ts.state] += 1
-        if ts.state in UNASSIGNED:
-            prefixes[ts.prefix.name] += 1
-            for resource, amount in (ts.resource_restrictions or {}).items():
-                needs[resource][amount] += 1
+        if ts.state == "no-worker" and _pinned(ts):
+            pinned += 1
+        elif ts.state in (*UNASSIGNED, "processing"):
+            key = tuple(sorted((ts.resource_restrictions or {}).items()))
+            work[key][ts.prefix.name] += 1
+            if ts.state != "processing":
+                waiting[key] += 1
         if ts.state == "memory":
             stored += max(ts.nbytes, 0)
     return {
         "counts": counts,
-        "unassigned_by_prefix": dict(prefixes),
-        "resource_needs": {r: dict(a) for r, a in needs.items()},
+        "work": {k: dict(v) for k, v in work.items()},
+        "waiting": dict(waiting),
+        "pinned": pinned,
         "stored_bytes": stored,
         "memory_limit": sum(ws.memory_limit for ws in scheduler.workers.values()),
     }
@@ -46,7 +51,9 @@ def fail(x):
 
 
 async def random_step(rng: random.Random, c, futures: list) -> None:
-    op = rng.choice(["map", "chain", "gpu", "fail", "release", "wait", "cancel", "big"])
+    op = rng.choice(
+        ["map", "chain", "gpu", "pinned", "fail", "release", "wait", "cancel", "big"]
+    )
     n = rng.randint(1, 30)
     if op == "map":
         futures += c.map(slowinc, range(n), delay=rng.choice([0, 0.01]), key=[f"m-{rng.random()}-{i}" for i in range(n)])
@@ -57,6 +64,8 @@ async def random_step(rng: random.Random, c, futures: list) -> None:
         futures.append(x)
     elif op == "gpu":  # no worker has a GPU: these stay without a worker
         futures += c.map(inc, range(n), resources={"GPU": rng.choice([1, 2])}, key=[f"g-{rng.random()}-{i}" for i in range(n)])
+    elif op == "pinned":  # restricted to a worker that is not there
+        futures += c.map(inc, range(n), workers=["tcp://127.0.0.1:9"], key=[f"g-p-{rng.random()}-{i}" for i in range(n)])
     elif op == "fail":
         futures.append(c.submit(fail, rng.random()))
     elif op == "big":
@@ -107,7 +116,7 @@ async def test_stats_seeded_from_a_scheduler_that_already_has_work(c, s, a, b):
     assert stats == recount(s)
     assert stats["counts"]["memory"] == 10
     assert stats["counts"]["no-worker"] == 5, [ts.state for ts in s.tasks.values()]
-    assert stats["resource_needs"] == {"GPU": {1: 5}}
+    assert stats["waiting"] == {(("GPU", 1),): 5}
     del waiting
 
 
@@ -145,5 +154,29 @@ async def test_a_failing_hook_never_reaches_the_scheduler_and_stats_heal(c, s, a
     assert log.getvalue().count("the transition hook failed") == 1
     plugin.stats.transition = broken
     assert await c.submit(inc, 2) == 3
-    plugin.controller.decide(0.0)  # the next evaluation recounts
+    plugin.stats.reseed_if_due()
+    await until(lambda: not plugin.stats.needs_reseed, what="the recount")
     assert plugin.stats.as_dict() == recount(s)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_classes_beyond_the_bound_are_counted_together_and_drain(c, s, a):
+    from dask_adaptive_plugin.stats import MAX_CLASSES, OVERFLOW
+
+    plugin = AdaptivePlugin(backend=InProcessBackend, policy="fixed", n=1, maximum=1)
+    s.add_plugin(plugin)
+    await plugin.start(s)
+    amounts = range(1, MAX_CLASSES + 11)  # 10 more distinct needs than tracked
+    futures = [c.submit(inc, i, resources={"GPU": i}, key=f"g-{i}") for i in amounts]
+    count = len(futures)
+    await until(lambda: plugin.stats.counts["no-worker"] == count)
+    stats = plugin.stats
+    assert len(stats.work) == MAX_CLASSES + 1  # the bound, and the overflow
+    assert sum(stats.waiting.values()) == count
+    [overflow] = [n for n in stats.needs() if n.resources == stats.overflow_needs]
+    assert overflow.tasks == 10
+    assert stats.overflow_needs == {"GPU": max(amounts)}
+    assert OVERFLOW in stats.work
+    del futures
+    await until(lambda: not s.tasks)
+    assert stats.work == {} and stats.waiting == {} and not stats.overflowed

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from time import time
 from typing import TYPE_CHECKING, Any
 
-from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.backend import RUNNING, Backend
 from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 from dask_adaptive_plugin.shell import run_command
 
@@ -144,17 +144,19 @@ class CommandBackend(Backend):
         }
 
     async def scale_up(self, n: int, **resources: Any) -> None:
-        """Launch workers until ``n`` are connected or on their way."""
+        """Launch workers until this backend has ``n``, connected or on their way."""
         await self._stop_lost_workers()
-        missing = n - len(self.scheduler.workers) - self._on_their_way()
-        for _ in range(missing):
+        for _ in range(n - len(self.workers)):
             await self._launch()
 
     async def scale_down(self, workers: list[str]) -> None:
         """Run the stop command for each of these workers."""
-        known = self.scheduler.workers
-        names = [str(known[a].name) for a in workers if a in known]
+        names = self.names(workers)
         await self._stop_all([self.workers[n] for n in names if n in self.workers])
+
+    def report(self) -> dict[str, str]:
+        """The workers launched and not stopped (this backend cannot tell more)."""
+        return dict.fromkeys(self.workers, RUNNING)
 
     async def close(self) -> None:
         """Stop every worker this backend launched."""
@@ -209,10 +211,6 @@ class CommandBackend(Backend):
     async def _stop(self, worker: Launched) -> None:
         await run_command(self.command(self.stop, worker), timeout=self.command_timeout)
         self.workers.pop(worker.name, None)
-
-    def _on_their_way(self) -> int:
-        aliases = self.scheduler.aliases
-        return sum(name not in aliases for name in self.workers)
 
     async def _stop_lost_workers(self) -> None:
         """Stop workers that left, or never came within ``start_timeout``."""

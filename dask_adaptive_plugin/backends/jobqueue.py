@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import dask
 from dask.utils import parse_bytes
 
-from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import parse_cluster_name
 from dask_adaptive_plugin.config import invalid, parse_duration
 from dask_adaptive_plugin.shell import CommandError, run_command
@@ -355,10 +355,8 @@ class JobQueueBackend(Backend):
             self._job_of_worker.pop(worker, None)
 
     def _jobs_of(self, addresses: list[str]) -> list[BatchJob]:
-        known = self.scheduler.workers
-        names = [str(known[a].name) for a in addresses if a in known]
         jobs = {}
-        for name in names:
+        for name in self.names(addresses):
             job = self._job_of_worker.get(name)
             if job is None:
                 logger.warning("%s backend: worker %s is not ours", self.system, name)
@@ -367,12 +365,16 @@ class JobQueueBackend(Backend):
         return list(jobs.values())
 
     def _workers_counted(self) -> int:
-        """Connected workers, plus those of our jobs that have not connected yet."""
-        aliases = self.scheduler.aliases
-        on_their_way = sum(
-            name not in aliases for job in self.jobs.values() for name in job.workers
-        )
-        return len(self.scheduler.workers) + on_their_way
+        """The workers of our jobs, connected or not."""
+        return sum(len(job.workers) for job in self.jobs.values())
+
+    def report(self) -> dict[str, str]:
+        """The workers of our jobs: waiting in the queue, or started."""
+        return {
+            worker: PENDING if job.pending else RUNNING
+            for job in self.jobs.values()
+            for worker in job.workers
+        }
 
     # -- the queue ----------------------------------------------------------------------
 
@@ -436,8 +438,7 @@ class JobQueueBackend(Backend):
             return
         for job in adopted:
             self._remember(job)
-        self.scheduler.log_event(
-            "adaptive",
+        self.log_event(
             {
                 "status": "recovered",
                 "backend": self.system,
@@ -469,8 +470,7 @@ class JobQueueBackend(Backend):
         for job in self._overdue(now):
             job.reported = True
             action = "resubmitted" if self.resubmit_pending else "left in the queue"
-            self.scheduler.log_event(
-                "adaptive",
+            self.log_event(
                 {
                     "status": "job-pending",
                     "backend": self.system,
@@ -523,8 +523,7 @@ class JobQueueBackend(Backend):
                 logger.warning(
                     "%s backend: checking pending jobs failed: %s", self.system, e
                 )
-                self.scheduler.log_event(
-                    "adaptive",
+                self.log_event(
                     {
                         "status": "error",
                         "action": "check pending jobs",
@@ -537,8 +536,7 @@ class JobQueueBackend(Backend):
                 self._schedule_check()
 
     def _report_cancelled_waiting(self, jobs: list[BatchJob]) -> None:
-        self.scheduler.log_event(
-            "adaptive",
+        self.log_event(
             {
                 "status": "jobs-cancelled",
                 "backend": self.system,

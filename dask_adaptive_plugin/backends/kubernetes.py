@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import distributed
 import yaml
 
-from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import parse_cluster_name, parse_worker_args
 from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 
@@ -209,12 +209,18 @@ class KubernetesBackend(Backend):
             )
 
     async def scale_down(self, workers: list[str]) -> None:
-        """Delete the Pods of these (retired) workers."""
+        """Delete the Pods of these (retired or crashed) workers."""
         await self._ensure_setup()
-        known = self.scheduler.workers
-        names = [str(known[a].name) for a in workers if a in known]
+        names = self.names(workers)
         ours = [n for n in names if n in self.pods or n.startswith(self._prefix)]
         await _all_or_first_error(self._delete_pod(name) for name in ours)
+
+    def report(self) -> dict[str, str]:
+        """This backend's Pods: Pending ones wait, the others run."""
+        return {
+            name: PENDING if record.phase == "Pending" else RUNNING
+            for name, record in self.pods.items()
+        }
 
     async def close(self) -> None:
         """Delete every Pod of this backend; failures are logged, not raised."""
@@ -509,9 +515,7 @@ class KubernetesBackend(Backend):
     # -- events and clean-up -----------------------------------------------------------
 
     def _record(self, event: dict[str, Any]) -> None:
-        event = {**event, "backend": "kubernetes"}
-        logger.info("kubernetes backend: %s", event)
-        self.scheduler.log_event("adaptive", event)
+        self.log_event({**event, "backend": "kubernetes"})
 
     def _cancel_background_work(self) -> None:
         if self._setup is not None and not self._setup.done():

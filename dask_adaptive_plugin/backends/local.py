@@ -12,14 +12,16 @@ import signal
 import sys
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.backend import RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import (
     dask_worker_command,
     parse_memory_limit,
     parse_worker_args,
 )
+from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.config import parse_count, parse_duration
 
 if TYPE_CHECKING:
@@ -31,11 +33,30 @@ logger = logging.getLogger(__name__)
 STOP_GRACE = 10.0
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGTERM this process when the scheduler process dies."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent_function() -> Callable[[], None] | None:
+    """A function for the forked child: ask Linux to SIGTERM it when the
+    scheduler process dies.
+
+    ``prctl`` is looked up here, in the parent, once: between ``fork`` and
+    ``exec`` the child of a multi-threaded process may only do what is safe
+    after ``fork``, and loading a library is not (it takes locks another
+    thread may have held at the fork).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - an unusual libc
+        return None
+    PR_SET_PDEATHSIG = 1
+
+    def die_with_parent() -> None:  # pragma: no cover - runs in the child
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return die_with_parent
+
+
+_DIE_WITH_PARENT = _die_with_parent_function()
 
 
 class LocalBackend(Backend):
@@ -77,6 +98,7 @@ class LocalBackend(Backend):
         self.threads_per_worker = self.nthreads
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.output: dict[str, deque[str]] = {}
+        self._tasks = BackgroundTasks("local backend")
         self._names = (f"local-{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
 
     @staticmethod
@@ -108,9 +130,12 @@ class LocalBackend(Backend):
 
     async def scale_down(self, workers: list[str]) -> None:
         """Stop the processes behind these worker addresses."""
-        known = self.scheduler.workers
-        names = [str(known[a].name) for a in workers if a in known]
-        await asyncio.gather(*(self._stop(name) for name in names))
+        await asyncio.gather(*(self._stop(name) for name in self.names(workers)))
+
+    def report(self) -> dict[str, str]:
+        """The worker processes that have not exited."""
+        self._forget_exited()
+        return dict.fromkeys(self.processes, RUNNING)
 
     async def cancel_pending(self) -> None:
         """Stop the processes whose worker never connected."""
@@ -120,6 +145,7 @@ class LocalBackend(Backend):
 
     async def close(self) -> None:
         await asyncio.gather(*(self._stop(name) for name in list(self.processes)))
+        await self._tasks.cancel()
 
     def command(self, name: str, resources: dict[str, Any]) -> list[str]:
         """The ``dask worker`` command line for one worker."""
@@ -134,16 +160,18 @@ class LocalBackend(Backend):
             extra=self.worker_args,
         )
 
-    async def _spawn(self, name: str, resources: dict[str, Any]) -> asyncio.subprocess.Process:
+    async def _spawn(
+        self, name: str, resources: dict[str, Any]
+    ) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
             *self.command(name, resources),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_DIE_WITH_PARENT,
         )
         self.output[name] = deque(maxlen=20)
-        asyncio.ensure_future(self._drain(name, proc))
+        self._tasks.spawn(self._drain(name, proc), f"reading worker {name}'s output")
         logger.debug("local backend: started %s (pid %d)", name, proc.pid)
         return proc
 
@@ -158,7 +186,10 @@ class LocalBackend(Backend):
         code = await proc.wait()
         if name in self.processes and code != 0:
             logger.warning(
-                "local backend: worker %s exited with %d:\n%s", name, code, "\n".join(lines)
+                "local backend: worker %s exited with %d:\n%s",
+                name,
+                code,
+                "\n".join(lines),
             )
 
     def _forget_exited(self) -> None:

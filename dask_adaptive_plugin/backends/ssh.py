@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dask_adaptive_plugin.backend import Backend
+from dask_adaptive_plugin.backend import RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import (
     dask_worker_command,
     parse_memory_limit,
@@ -196,10 +196,14 @@ class SSHBackend(Backend):
 
     async def scale_down(self, workers: list[str]) -> None:
         """Stop the remote processes behind these worker addresses."""
-        known = self.scheduler.workers
-        names = [str(known[a].name) for a in workers if a in known]
+        names = self.names(workers)
         stopping = [self.workers.pop(name) for name in names if name in self.workers]
         await asyncio.gather(*(self._stop(worker) for worker in stopping))
+
+    def report(self) -> dict[str, str]:
+        """The remote workers whose channel is still open."""
+        self._forget_exited()
+        return dict.fromkeys(self.workers, RUNNING)
 
     async def close(self) -> None:
         """Stop every worker, then close the connections."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from typing import Any
 
 from distributed import Worker
 
-from dask_adaptive_plugin import Backend
+from dask_adaptive_plugin import RUNNING, Backend
 from dask_adaptive_plugin.config import parse_count
 
 __all__ = ["InProcessBackend"]
@@ -28,12 +29,15 @@ class InProcessBackend(Backend):
         none).
     """
 
-    def __init__(self, scheduler: Any, nthreads: Any = 1, memory_limit: Any = 0) -> None:
+    def __init__(
+        self, scheduler: Any, nthreads: Any = 1, memory_limit: Any = 0
+    ) -> None:
         super().__init__(scheduler)
         self.nthreads = self.threads_per_worker = _parse_nthreads(nthreads)
         self.memory_limit = memory_limit
         self.workers: dict[str, Worker] = {}
-        self._names = (f"inprocess-{i}" for i in itertools.count())
+        prefix = f"inprocess-{uuid.uuid4().hex[:6]}"
+        self._names = (f"{prefix}-{i}" for i in itertools.count())
 
     @classmethod
     def check_options(cls, **options: Any) -> None:
@@ -42,15 +46,18 @@ class InProcessBackend(Backend):
             _parse_nthreads(options["nthreads"])
 
     async def scale_up(self, n: int, **resources: Any) -> None:
-        """Start workers until there are ``n``; new ones get ``resources``."""
+        """Start workers until this backend has ``n``; new ones get ``resources``."""
         new = [self._new_worker(resources) for _ in range(n - len(self.workers))]
         await asyncio.gather(*new)
 
     async def scale_down(self, workers: list[str]) -> None:
-        """Close the workers at these addresses."""
-        known = self.scheduler.workers
-        names = [str(known[a].name) for a in workers if a in known]
-        await asyncio.gather(*(self.workers.pop(n).close() for n in names if n in self.workers))
+        """Close the workers at these addresses (or forget them if they are gone)."""
+        names = [n for n in self.names(workers) if n in self.workers]
+        await asyncio.gather(*(self.workers.pop(n).close() for n in names))
+
+    def report(self) -> dict[str, str]:
+        """The workers this backend started and has not stopped."""
+        return dict.fromkeys(self.workers, RUNNING)
 
     async def close(self) -> None:
         await asyncio.gather(*(w.close() for w in self.workers.values()))
