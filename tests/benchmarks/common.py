@@ -9,7 +9,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -185,30 +185,62 @@ def synthetic_scheduler() -> Scheduler:
 
 
 def add_synthetic_workers(
-    scheduler: Scheduler, count: int, *, memory_limit: int = 4 * 2**30
+    scheduler: Scheduler,
+    count: int,
+    *,
+    memory_limit: int = 4 * 2**30,
+    pool: str | None = None,
+    resources: Mapping[str, float] | None = None,
 ) -> list[str]:
     """Add ``count`` one-thread workers as ``Scheduler.add_worker`` records them.
 
     Only the bookkeeping of ``add_worker`` that the adaptive decisions read is
     done (no comm, no heartbeat); the plugins' ``add_worker`` hooks are called
     as the scheduler calls them, and queued tasks move onto the new workers.
+    Tasks without a worker (``no-worker``) stay there: the real
+    ``add_worker`` offers each of them to the new worker, which costs
+    O(tasks x workers) per worker at these sizes.
+
+    Parameters
+    ----------
+    scheduler
+        A scheduler that was never started (:func:`synthetic_scheduler`).
+    count
+        Workers to add.
+    memory_limit
+        Each worker's memory limit, in bytes.
+    pool
+        Names the workers ``"<pool>-<i>"``, which is how the plugin's ledger
+        attributes a worker it did not ask for to a pool; ``None``:
+        ``"synthetic-<i>"``, a worker no pool claims.
+    resources
+        What each worker provides (``dask worker --resources``), registered
+        as the worker's heartbeat registers it.
     """
     first = len(scheduler.workers)
+    prefix = pool if pool is not None else "synthetic"
     addresses = [
-        _add_one_worker(scheduler, i, memory_limit) for i in range(first, first + count)
+        _add_one_worker(scheduler, i, memory_limit, f"{prefix}-{i}", resources)
+        for i in range(first, first + count)
     ]
     scheduler.stimulus_queue_slots_maybe_opened(stimulus_id="benchmark-add-workers")
     return addresses
 
 
-def _add_one_worker(scheduler: Scheduler, i: int, memory_limit: int) -> str:
+def _add_one_worker(
+    scheduler: Scheduler,
+    i: int,
+    memory_limit: int,
+    name: str,
+    resources: Mapping[str, float] | None,
+) -> str:
     host = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
     address = f"tcp://{host}:40000"
     ws = WorkerState(
         address=address,
         status=Status.running,
         pid=i,
-        name=f"synthetic-{i}",
+        name=name,
         nthreads=1,
         memory_limit=memory_limit,
         local_directory="/tmp",
@@ -224,6 +256,8 @@ def _add_one_worker(scheduler: Scheduler, i: int, memory_limit: int) -> str:
     scheduler.total_memory += ws.memory_limit
     scheduler.total_nthreads += ws.nthreads
     scheduler.aliases[ws.name] = address
+    if resources:
+        scheduler.add_resources(worker=address, resources=dict(resources))
     scheduler.check_idle_saturated(ws)
     for plugin in list(scheduler.plugins.values()):
         plugin.add_worker(scheduler=scheduler, worker=address)
@@ -231,22 +265,43 @@ def _add_one_worker(scheduler: Scheduler, i: int, memory_limit: int) -> str:
 
 
 def submit_synthetic_tasks(
-    scheduler: Scheduler, count: int, prefix: str = "inc"
+    scheduler: Scheduler,
+    count: int,
+    prefix: str = "inc",
+    resources: Mapping[str, float] | None = None,
 ) -> None:
     """Submit ``count`` independent tasks through the scheduler's own graph intake.
 
     ``_create_taskstate_from_graph`` is what ``update_graph`` calls once a
     client's graph is unpacked: tasks get priorities and go through the real
-    transitions (to ``processing`` where a worker has room, else ``queued``).
+    transitions (to ``processing`` where a worker has room, else ``queued``;
+    tasks with ``resources`` that no connected worker provides, to
+    ``no-worker``).
+
+    Parameters
+    ----------
+    scheduler
+        A scheduler that was never started (:func:`synthetic_scheduler`).
+    count
+        Tasks to submit, keys ``"<prefix>-<i>"``.
+    prefix
+        Their task prefix.
+    resources
+        The annotation ``resources=`` of every task (one resource class), or
+        ``None`` for plain tasks.
     """
     dsk = {f"{prefix}-{i}": Task(f"{prefix}-{i}", _never_run, i) for i in range(count)}
+    # one dict per task, as a client's graph arrives unpacked
+    annotations = (
+        {"resources": {key: dict(resources) for key in dsk}} if resources else {}
+    )
     scheduler._create_taskstate_from_graph(
         start=time.time(),
         dsk=dsk,
         keys=set(dsk),
         ordered={key: i for i, key in enumerate(dsk)},
         client="benchmark",
-        annotations_by_type={},
+        annotations_by_type=annotations,
         global_annotations=None,
         stimulus_id="benchmark-submit",
         submitting_task=None,
