@@ -57,10 +57,27 @@ def test_decision() -> None:
     for n in (10, 30):
         busy, idle_ = results["busy"][n], results["idle"][n]
         assert all(positive(busy[k]) for k in ("evaluation", "adaptive_target"))
+        assert busy["decision"] in ("up", "hold")
         assert all(
             positive(v) for k, v in idle_.items() if k != "workers_to_close_count"
         )
+    assert results["pools"]["workers"] == 30
     well_formed(decision.decision_rows(results))
+
+
+def test_decision_pools() -> None:
+    """The pools state, tiny: every class, every pool, and a real plan."""
+    results = asyncio.run(decision.bench_pools(workers=20, tasks=2000))
+    assert (results["pools"], results["classes"]) == (10, 20)
+    assert (results["workers"], results["tasks"]) == (20, 2000)
+    assert results["no_worker"] == 2000 and results["unclaimed_workers"] == 0
+    fitting = results["fitting_pools"]
+    assert fitting["needs-GPU5-MEM128"] == ["gpu5-mem128"]
+    assert len(fitting["needs-GPU1-MEM16"]) == 10
+    # 100 tasks per class want more than the two workers of each pool:
+    # every pool grows to its maximum, twice that
+    assert results["plan"]["ups"] == dict.fromkeys(fitting["needs-GPU1-MEM16"], 4)
+    assert positive(results["evaluation"]) and positive(results["adaptive_target"])
 
 
 def test_idle() -> None:

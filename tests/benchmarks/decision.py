@@ -1,23 +1,39 @@
-"""Decision cost at scale: one policy evaluation beside ``Scheduler.adaptive_target``.
+"""Decision cost at scale: one evaluation beside ``Scheduler.adaptive_target``.
 
 The scheduler state is synthetic (see :func:`benchmarks.common.add_synthetic_workers`):
 a ``Scheduler`` that is never started, with the plugin attached as the
 scheduler attaches it (``plugin.start(scheduler)``) before any worker or task
-exists, so that its hooks see everything arrive.
+exists, so that its hooks see everything arrive. An evaluation is
+``plugin.controller.decide(now)`` on the controller's own clock
+(``controller.now()``, the event loop's monotonic time): the statistics
+snapshot, the supply from the ledger, the policy and the planner's actions.
+Synthetic workers are named ``"<pool>-<i>"``, so that the ledger attributes
+them to their pool as it attributes workers a backend started.
 
-Two states, each at every worker count:
+Three states:
 
-- **busy**: ``tasks`` independent tasks submitted through the scheduler's graph
-  intake; each worker runs what it can and the rest is queued. Workers are
-  added in steps (100, then 1,000, ...) and queued tasks move onto them.
-- **idle**: only idle workers, no task. The plugin's evaluation is timed when
-  no idle timeout has run out (``hold``), when all have (``down``: choosing the
-  workers to retire, all of them), and with ``minimum`` equal to the number of
-  workers (every worker idle for long but kept).
+- **busy**, at every worker count: ``tasks`` independent tasks submitted
+  through the scheduler's graph intake; each worker runs what it can and the
+  rest is queued. Workers are added in steps (100, then 1,000, ...) and queued
+  tasks move onto them.
+- **idle**, at every worker count: only idle workers, no task. The evaluation
+  is timed when no idle timeout has run out (``hold``), when all have
+  (``down``: choosing the workers to retire, all of them), and the policy
+  alone with a ``minimum`` equal to the number of workers (every worker idle
+  for long but kept).
+- **pools**: 10 pools whose workers provide 1 to 5 ``GPU`` and 64 or 128
+  ``MEM``, dearer with more of either, and 20 resource classes of tasks
+  (``resources={"GPU": 1..5, "MEM": 16..128}``), each served by one to ten
+  pools, cheapest first. The tasks are submitted before any worker connects,
+  so the scheduler's own transitions leave them all without a worker
+  (``no-worker``); the workers then connect, spread evenly over the pools,
+  and stay idle (the synthetic intake does not offer ``no-worker`` tasks to a
+  new worker, see :func:`~benchmarks.common.add_synthetic_workers`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,12 +47,24 @@ from benchmarks.common import (
     submit_synthetic_tasks,
     synthetic_scheduler,
 )
-from dask_adaptive_plugin import AdaptivePlugin, AdaptivePolicy, policy
+from dask_adaptive_plugin import AdaptivePlugin, policy
+from dask_adaptive_plugin.controller import Controller
+from dask_adaptive_plugin.planner import Evaluation
+from dask_adaptive_plugin.policy import Plan
+from dask_adaptive_plugin.pools import Pool
 
 TARGET_EVALUATION = 100e-6
 TARGET_RETIRE = 5e-3
 #: Flat: the evaluation at the most workers within this factor of the fewest.
 FLAT_FACTOR = 2.0
+#: The pools state: one pool per worker shape (GPUs, MEM per worker).
+POOL_GPUS = (1, 2, 3, 4, 5)
+POOL_MEMORY = (64, 128)
+#: Its resource classes: what a task needs (GPUs, MEM).
+CLASS_GPUS = (1, 2, 3, 4, 5)
+CLASS_MEMORY = (16, 32, 64, 128)
+#: Each pool may grow to this many times the workers it has.
+POOL_HEADROOM = 2
 
 
 def median_seconds(
@@ -54,6 +82,28 @@ def median_seconds(
     return median(durations)
 
 
+def evaluate_now(controller: Controller) -> Evaluation:
+    """One evaluation at the controller's own time, as its event loop runs one."""
+    return controller.decide(controller.now())
+
+
+def plan_status(plan: Plan) -> str:
+    """``"up"``, ``"down"``, ``"up and down"`` or ``"hold"``."""
+    kinds = [kind for kind, items in (("up", plan.ups), ("down", plan.downs)) if items]
+    return " and ".join(kinds) or "hold"
+
+
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    """What a plan does per pool, as plain data: ups (pool -> total asked
+    for) and downs (pool -> workers to retire; ``"None"``: no pool's)."""
+    return {
+        "status": plan_status(plan),
+        "ups": {up.pool: up.n for up in plan.ups},
+        "downs": {str(down.pool): len(down.workers) for down in plan.downs},
+        "unsatisfiable": len(plan.unsatisfiable),
+    }
+
+
 async def bench_decision(
     worker_counts: tuple[int, ...] = (100, 1000, 10000), tasks: int = 1_000_000
 ) -> dict[str, Any]:
@@ -62,17 +112,21 @@ async def bench_decision(
     Returns
     -------
     dict
-        ``{"busy": {n: {...}}, "idle": {n: {...}}, "tasks": tasks,
-        "seed_seconds": ..., "submit_seconds": ...}`` with the median seconds of each call.
+        ``{"busy": {n: {...}}, "idle": {n: {...}}, "pools": {...}, "tasks":
+        tasks, "seed_seconds": ..., "submit_seconds": ...}`` with the median
+        seconds of each call; the pools state has the most workers.
     """
     busy, extra = await _busy(worker_counts, tasks)
     idle = {n: await _idle(n) for n in worker_counts}
-    return {"tasks": tasks, "busy": busy, "idle": idle, **extra}
+    pools = await bench_pools(workers=max(worker_counts), tasks=tasks)
+    return {"tasks": tasks, "busy": busy, "idle": idle, "pools": pools, **extra}
 
 
 async def _attached_plugin(**options: Any) -> tuple[Any, AdaptivePlugin]:
     s = synthetic_scheduler()
-    plugin = AdaptivePlugin(backend=NullBackend, **options)
+    if "pools" not in options:
+        options["backend"] = NullBackend
+    plugin = AdaptivePlugin(**options)
     s.add_plugin(plugin)
     await plugin.start(s)
     return s, plugin
@@ -85,15 +139,15 @@ async def _busy(
     controller = plugin.controller
     assert controller is not None
     results = {}
-    add_synthetic_workers(s, worker_counts[0])
+    add_synthetic_workers(s, worker_counts[0], pool="default")
     start = time.perf_counter()
     submit_synthetic_tasks(s, tasks)
     submitted = time.perf_counter() - start
     for n in worker_counts:
-        add_synthetic_workers(s, n - len(s.workers))
+        add_synthetic_workers(s, n - len(s.workers), pool="default")
         results[n] = {
-            "evaluation": median_seconds(lambda: controller.decide(time.time())),
-            "decision": controller.decide(time.time()).status,
+            "evaluation": median_seconds(lambda: evaluate_now(controller)),
+            "decision": plan_status(evaluate_now(controller).plan),
             "adaptive_target": median_seconds(s.adaptive_target, repeat=20),
             "workers_to_close": median_seconds(s.workers_to_close, repeat=20),
             "queued": len(s.queued),
@@ -102,7 +156,7 @@ async def _busy(
     stats = plugin.stats
     assert stats is not None
     extra = {
-        "seed_seconds": median_seconds(lambda: stats.reseed(time.time()), 3, 0),
+        "seed_seconds": median_seconds(stats.reseed, 3, 0),
         "submit_seconds": submitted,
     }
     await _close(s, plugin)
@@ -113,29 +167,117 @@ async def _idle(n: int) -> dict[str, Any]:
     s, plugin = await _attached_plugin(minimum=0, maximum=n)
     controller, stats = plugin.controller, plugin.stats
     assert controller is not None and stats is not None
-    add_synthetic_workers(s, n)
-    now = time.time()
-    later = now + plugin.policy.idle_timeout + 1
-    down = controller.decide(later)
-    assert down.status == "down" and len(down.workers) == n, down
-    timeout = plugin.policy.idle_timeout
-    kept = AdaptivePolicy(minimum=n, maximum=n, idle_timeout=timeout)
-    snapshot = stats.snapshot(pending=0, threads_per_worker=1)
+    planner = controller.planner
+    add_synthetic_workers(s, n, pool="default")
+    now = controller.now()
+    later = now + plugin.pools[0].idle_timeout + 1
+    down = controller.decide(later).plan
+    assert sum(len(d.workers) for d in down.downs) == n, down
+    snapshot = stats.snapshot()
+    kept = dataclasses.replace(planner.supply(later), minimum=n)
+    assert not plugin.policy.decide(snapshot, kept, later).downs
     result = {
         "choose_none": median_seconds(
-            lambda: policy.choose_idle_workers(snapshot, 0, later, timeout)
+            lambda: policy.choose_idle_workers(snapshot, kept, {"default": 0}, later)
         ),
         "evaluation_hold": median_seconds(lambda: controller.decide(now)),
         "evaluation_retire_all": median_seconds(lambda: controller.decide(later), 50),
         "evaluation_kept_by_minimum": median_seconds(
-            lambda: kept.decide(snapshot, later)
+            lambda: plugin.policy.decide(snapshot, kept, later)
         ),
         "adaptive_target": median_seconds(s.adaptive_target, repeat=20),
         "workers_to_close": median_seconds(s.workers_to_close, repeat=20),
         "workers_to_close_count": len(s.workers_to_close()),
     }
+    planner.minimum = n  # the same, as a whole evaluation
+    result["evaluation_kept_whole"] = median_seconds(lambda: controller.decide(later))
     await _close(s, plugin)
     return result
+
+
+# -- the pools state -------------------------------------------------------------------------
+
+
+def pool_declarations(maximum: int) -> dict[str, dict[str, Any]]:
+    """The pools: one per worker shape, each up to ``maximum`` workers.
+
+    A worker with more GPUs costs more; 128 MEM costs half a GPU more than 64.
+    """
+    return {
+        f"gpu{gpus}-mem{memory}": {
+            "backend": NullBackend,
+            "maximum": maximum,
+            "resources": {"GPU": gpus, "MEM": memory},
+            "cost": gpus + (0.5 if memory > min(POOL_MEMORY) else 0.0),
+        }
+        for gpus in POOL_GPUS
+        for memory in POOL_MEMORY
+    }
+
+
+def resource_classes() -> list[dict[str, float]]:
+    """What the tasks of each class need: every GPU count with every MEM amount."""
+    return [{"GPU": g, "MEM": m} for g in CLASS_GPUS for m in CLASS_MEMORY]
+
+
+def class_prefix(needs: dict[str, float]) -> str:
+    """The task prefix of a class: ``"needs-GPU3-MEM32"``."""
+    return "needs-" + "-".join(f"{r}{a:g}" for r, a in sorted(needs.items()))
+
+
+async def bench_pools(workers: int = 10_000, tasks: int = 1_000_000) -> dict[str, Any]:
+    """Seconds per evaluation with 10 pools and 20 resource classes.
+
+    ``workers`` are spread evenly over the pools, ``tasks`` over the classes.
+
+    Returns
+    -------
+    dict
+        The median seconds of an evaluation and of ``adaptive_target``, the
+        plan the evaluation makes (:func:`plan_summary`), the sizes built and
+        how long building them took.
+    """
+    per_pool = max(1, workers // (len(POOL_GPUS) * len(POOL_MEMORY)))
+    declarations = pool_declarations(POOL_HEADROOM * per_pool)
+    s, plugin = await _attached_plugin(pools=declarations)
+    controller = plugin.controller
+    assert controller is not None
+    classes = resource_classes()
+    start = time.perf_counter()
+    for needs in classes:
+        submit_synthetic_tasks(s, tasks // len(classes), class_prefix(needs), needs)
+    submitted = time.perf_counter() - start
+    for name, declaration in declarations.items():
+        add_synthetic_workers(
+            s, per_pool, pool=name, resources=declaration["resources"]
+        )
+    evaluation = evaluate_now(controller)
+    result = {
+        "pools": len(declarations),
+        "classes": len(controller.stats.needs()),
+        "workers": len(s.workers),
+        "tasks": len(s.tasks),
+        "no_worker": len(s.unrunnable),
+        "unclaimed_workers": controller.ledger.count(None, "running"),
+        "fitting_pools": _fitting_pools(plugin.pools, classes),
+        "plan": plan_summary(evaluation.plan),
+        "evaluation": median_seconds(lambda: evaluate_now(controller), 500),
+        "adaptive_target": median_seconds(s.adaptive_target, repeat=20),
+        "submit_seconds": submitted,
+    }
+    await _close(s, plugin)
+    return result
+
+
+def _fitting_pools(
+    pools: tuple[Pool, ...], classes: list[dict[str, float]]
+) -> dict[str, list[str]]:
+    """Class -> the pools that serve it, cheapest first (as the plugin orders them)."""
+    by_cost = sorted(pools, key=lambda p: p.cost)
+    return {
+        class_prefix(needs): [p.name for p in by_cost if p.fits(needs)]
+        for needs in classes
+    }
 
 
 async def _close(s: Any, plugin: AdaptivePlugin) -> None:
@@ -155,6 +297,7 @@ def decision_rows(results: dict[str, Any]) -> list[Row]:
     rows += [_idle_row(n, idle[n]) for n in sorted(idle)]
     rows += [_retire_row(n, idle[n]) for n in sorted(idle)]
     rows += [_kept_row(n, idle[n]) for n in sorted(idle)]
+    rows.append(_pools_row(results["pools"]))
     rows.append(
         Row(
             benchmark="3 decision",
@@ -235,5 +378,39 @@ def _kept_row(n: int, r: dict[str, Any]) -> Row:
         reference_name="Scheduler.adaptive_target()",
         target="≤ 100 µs",
         holds=r["evaluation_kept_by_minimum"] <= TARGET_EVALUATION,
-        note=f"of which choose_idle_workers(count=0) {r['choose_none'] * 1e6:.2f} µs",
+        note=f"policy.decide alone; of which choose_idle_workers(nothing to "
+        f"retire) {r['choose_none'] * 1e6:.2f} µs; whole evaluation "
+        f"{r['evaluation_kept_whole'] * 1e6:.1f} µs",
     )
+
+
+def _pools_row(r: dict[str, Any]) -> Row:
+    return Row(
+        benchmark="3 decision",
+        metric=f"evaluation, {r['pools']} pools, {r['classes']} resource classes, "
+        f"{r['workers']:,} workers, {r['tasks']:,} tasks",
+        unit="µs",
+        plugin=r["evaluation"] * 1e6,
+        reference=r["adaptive_target"] * 1e6,
+        reference_name="Scheduler.adaptive_target(), which ignores resources",
+        target="≤ 100 µs",
+        holds=r["evaluation"] <= TARGET_EVALUATION,
+        note=f"plan: {_describe_plan(r['plan'])}",
+    )
+
+
+def _describe_plan(summary: dict[str, Any]) -> str:
+    """``"up 10 pools (each to 2,000), down none"``, or each pool's number."""
+    parts = []
+    for kind, per_pool in (("up", summary["ups"]), ("down", summary["downs"])):
+        counts = set(per_pool.values())
+        if not per_pool:
+            parts.append(f"{kind} none")
+        elif len(counts) == 1 and len(per_pool) > 1:
+            each = "to" if kind == "up" else "retiring"
+            parts.append(f"{kind} {len(per_pool)} pools (each {each} {counts.pop():,})")
+        else:
+            parts.append(
+                f"{kind} " + ", ".join(f"{p} {n:,}" for p, n in per_pool.items())
+            )
+    return ", ".join(parts)
