@@ -339,19 +339,22 @@ class ClusterStats:
         """Runnable work by resource class, plain first; O(classes x prefixes)."""
         s = self.scheduler
         prefixes = s.task_prefixes
+        duration = _compat.prefix_duration
         result = []
         for key in sorted(self.work, key=len):
-            by_prefix = self.work[key]
-            seconds = sum(
-                count * _compat.prefix_duration(s, prefixes[name])
-                for name, count in by_prefix.items()
-                if name in prefixes
-            )
-            resources = self.overflow_needs if key == OVERFLOW else dict(key)
+            # one loop and one copy per class: this runs in every evaluation
+            seconds: float = 0
+            tasks = 0
+            for name, count in self.work[key].items():
+                tasks += count
+                prefix = prefixes.get(name)
+                if prefix is not None:
+                    seconds += count * duration(s, prefix)
+            resources = dict(self.overflow_needs if key == OVERFLOW else key)
             result.append(
                 Need(
-                    resources=dict(resources),
-                    tasks=sum(by_prefix.values()),
+                    resources=resources,
+                    tasks=tasks,
                     seconds=seconds,
                     waiting=self.waiting.get(key, 0),
                 )
