@@ -221,13 +221,12 @@ def allocate(demands: list[Demand], supply: Supply, floor: int = 0) -> Allocatio
     free: dict[str | None, int] = {p.name: p.supply for p in supply.pools}
     free[None] = supply.unmanaged
     room = math.inf if supply.maximum is None else supply.maximum - supply.total
-    order = sorted(
-        demands,
-        key=lambda d: (sum(p.fits(d.resources) for p in supply.pools), not d.resources),
-    )
+    # Each need's pools are found once (fits() is the costly part with many
+    # pools and classes); the sort is stable, as sorting the needs was.
+    served = [(d, [p for p in supply.pools if p.fits(d.resources)]) for d in demands]
+    served.sort(key=lambda pair: (len(pair[1]), not pair[0].resources))
     left = []
-    for demand in order:
-        fitting = [p for p in supply.pools if p.fits(demand.resources)]
+    for demand, fitting in served:
         if not fitting:
             result.unsatisfiable.append(demand.resources)
             continue
@@ -241,6 +240,8 @@ def allocate(demands: list[Demand], supply: Supply, floor: int = 0) -> Allocatio
     for demand, fitting, want in left:
         room -= _grow(result, fitting, demand, want, room)
     for p in supply.pools:
+        if not p.pool.minimum:
+            continue  # a minimum of 0 keeps and adds no worker
         floor_p = Demand(
             {},
             0,
