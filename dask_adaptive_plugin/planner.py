@@ -142,6 +142,8 @@ class Planner:
         self.unsatisfiable: dict[tuple[tuple[str, float], ...], Need] = {}
         self.last_plan = Plan()
         self.evaluations = 0
+        #: Pools whose workers arrived without their declared resources.
+        self.misconfigured: set[str] = set()
 
     # -- the view the policy gets -------------------------------------------------------
 
@@ -512,7 +514,32 @@ class Planner:
             state = self.state[entry.pool]
             state.failures = 0
             state.not_before = state.cooldown_until = -math.inf
+            self._check_declared_resources(entry.pool, name, resources)
         return entry
+
+    def _check_declared_resources(
+        self, pool: str, name: str, resources: Mapping[str, float]
+    ) -> None:
+        """Say once per pool if its workers lack what the pool declares: its
+        backend does not give the workers their ``--resources``."""
+        declared = self.by_name[pool].pool.resources
+        if not declared or pool in self.misconfigured:
+            return
+        missing = {r: a for r, a in declared.items() if resources.get(r, 0) < a}
+        if missing:
+            self.misconfigured.add(pool)
+            self.record(
+                {
+                    "status": "error",
+                    "action": "resources",
+                    "pool": pool,
+                    "error": f"worker {name} has resources {dict(resources)}",
+                    "reason": f"pool {pool} declares resources {dict(declared)} but "
+                    f"its worker {name} arrived without {missing}: tasks that need "
+                    "them cannot run there; check that its backend passes the "
+                    "pool's resources to the workers",
+                }
+            )
 
     def left(self, address: str, now: float) -> Departure | None:
         """A worker left; a crash frees its slot at once and backs its pool off."""

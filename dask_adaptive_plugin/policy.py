@@ -213,9 +213,10 @@ def allocate(demands: list[Demand], supply: Supply, floor: int = 0) -> Allocatio
     serves, last). Each is served in two passes, both cheapest pool first:
     first by workers there already (so a worker is never replaced by a
     cheaper one while it is needed), then by new ones in pools that are
-    available and have room, within the global ``maximum``. Workers no pool
-    claims serve plain work, after every pool. Finally each pool is brought
-    to its ``minimum`` and all together to ``floor``.
+    available and have room, within the global ``maximum``; plain work starts
+    new workers only in pools without special resources, if there are any.
+    Workers no pool claims serve plain work, after every pool. Finally each
+    pool is brought to its ``minimum`` and all together to ``floor``.
     """
     result = Allocation()
     free: dict[str | None, int] = {p.name: p.supply for p in supply.pools}
@@ -238,7 +239,7 @@ def allocate(demands: list[Demand], supply: Supply, floor: int = 0) -> Allocatio
             )
         left.append((demand, fitting, want))
     for demand, fitting, want in left:
-        room -= _grow(result, fitting, demand, want, room)
+        room -= _grow(result, _growable(fitting, demand), demand, want, room)
     for p in supply.pools:
         if not p.pool.minimum:
             continue  # a minimum of 0 keeps and adds no worker
@@ -287,6 +288,16 @@ def _keep(
         result.kept[name] += take
         want -= take * per
     return want
+
+
+def _growable(fitting: list[PoolSupply], demand: Demand) -> list[PoolSupply]:
+    """Where new workers for ``demand`` may start: plain work does not start
+    workers in pools that provide special resources (GPUs are for the work
+    that needs them), unless no other pool exists."""
+    if demand.resources:
+        return fitting
+    plain = [p for p in fitting if not p.pool.resources]
+    return plain or fitting
 
 
 def _keep_undeclared(

@@ -247,8 +247,8 @@ async def test_a_second_plugin_replaces_the_first():
             s.add_plugin(second)
         await until(lambda: second.controller is not None)
         # add_plugin tells the first nothing: it notices within a second
-        await until(lambda: first.controller is None, timeout=5)
-        assert first_backend.closed
+        await until(lambda: first_backend.closed, timeout=5)
+        assert first.controller is None
         assert statuses(first)[-1] == "stopped"
         assert s.plugins["adaptive"] is second
         assert await c.gather(c.map(inc, range(10, 20))) == list(range(11, 21))

@@ -206,16 +206,25 @@ def test_plain_work_never_starts_a_worker_in_a_dearer_pool_with_room_in_a_cheape
     s = Snapshot(workers=0, queued=2, needs=(plain(2, 2),))
     [up] = decide(AdaptivePolicy(target_duration="1s"), s, two_pools()).ups
     assert (up.pool, up.n) == ("cpu", 2)
-    # more than the cheap pool holds spills over
-    s = Snapshot(workers=0, queued=10, needs=(plain(10, 10),))
-    cpu, gpu = decide(AdaptivePolicy(target_duration="1s"), s, two_pools()).ups
-    assert (cpu.pool, cpu.n, gpu.pool, gpu.n) == ("cpu", 2, "gpu", 1)
+
 
 
 def test_plain_work_spills_to_the_next_pool_when_the_cheapest_is_full():
     s = Snapshot(workers=2, queued=10, needs=(plain(12, 12, 10),))
-    [up] = decide(AdaptivePolicy(target_duration="1s"), s, two_pools(cpu_running=2)).ups
-    assert (up.pool, up.n) == ("gpu", 1)
+    cheap = PoolSupply(pool("cheap", resources={}), maximum=2, running=2)
+    dear = PoolSupply(pool("dear", resources={}, cost=3), maximum=2)
+    supply = Supply((cheap, dear), pool_of={"c0": "cheap", "c1": "cheap"})
+    [up] = decide(AdaptivePolicy(target_duration="1s"), s, supply).ups
+    assert (up.pool, up.n) == ("dear", 2)
+
+
+def test_plain_work_starts_no_worker_in_a_pool_of_special_resources():
+    s = Snapshot(workers=2, queued=10, needs=(plain(12, 12, 10),))
+    assert not decide(AdaptivePolicy(target_duration="1s"), s, two_pools(cpu_running=2)).ups
+    # unless every pool has special resources
+    only_gpu = Supply((PoolSupply(pool("gpu", resources={"GPU": 1}), maximum=2),))
+    [up] = decide(AdaptivePolicy(target_duration="1s"), s, only_gpu).ups
+    assert (up.pool, up.n) == ("gpu", 2)
 
 
 def test_gpu_work_starts_one_worker_in_the_gpu_pool_only():
@@ -236,8 +245,10 @@ def test_a_need_no_pool_provides_is_unsatisfiable_and_grows_nothing():
 
 def test_an_unavailable_pool_falls_back_to_the_next_that_fits():
     s = Snapshot(workers=0, queued=10, needs=(plain(10, 10),))
-    [up] = decide(AdaptivePolicy(), s, two_pools(cpu_available=False)).ups
-    assert up.pool == "gpu"
+    spot = PoolSupply(pool("spot", resources={}), available=False)
+    on_demand = PoolSupply(pool("on-demand", resources={}, cost=3))
+    [up] = decide(AdaptivePolicy(), s, Supply((spot, on_demand))).ups
+    assert up.pool == "on-demand"
 
 
 def test_when_demand_falls_the_dearer_pools_idle_workers_go_first():

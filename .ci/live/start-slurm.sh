@@ -78,8 +78,14 @@ CONF
     echo "NodeName=n$i NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((17000 + i))" \
          "CPUs=$CPUS RealMemory=$MEM State=UNKNOWN"
   done >> "$SLURM_DIR/slurm.conf"
-  echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP" \
-    >> "$SLURM_DIR/slurm.conf"
+  # debug: every node (the default); cpu and gpu: half the nodes each, for the
+  # tests of pools that map to partitions (two pools, one per partition)
+  local half=$((NODES / 2))
+  {
+    echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
+    echo "PartitionName=cpu Nodes=n[1-$half] MaxTime=INFINITE State=UP"
+    echo "PartitionName=gpu Nodes=n[$((half + 1))-$NODES] MaxTime=INFINITE State=UP"
+  } >> "$SLURM_DIR/slurm.conf"
 }
 
 start_daemons() {

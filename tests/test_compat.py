@@ -1,0 +1,90 @@
+"""The distributed internals that ``_compat.py`` relies on still exist and
+behave as it expects. When one of these fails after a distributed upgrade,
+read the reason in ``_compat.py`` beside the use, and adapt that one place."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import weakref
+
+import dask
+from distributed import Client, Scheduler, Worker
+from distributed.active_memory_manager import RetireWorker
+from distributed.core import Status
+from distributed.utils_test import BlockedGatherDep, gen_test, inc
+
+from dask_adaptive_plugin import _compat
+from helpers import until
+
+
+def test_checked_against_is_the_installed_version_or_older():
+    import distributed
+    from packaging.version import Version
+
+    assert Version(_compat.CHECKED_AGAINST) <= Version(distributed.__version__)
+
+
+@gen_test()
+async def test_schedulers_are_registered_in_instances():
+    assert isinstance(Scheduler._instances, weakref.WeakSet)
+    async with Scheduler(dashboard=False, host="127.0.0.1") as s:
+        assert s in Scheduler._instances
+
+
+@gen_test()
+async def test_prefix_duration_is_the_schedulers_estimate():
+    config = {"distributed.scheduler.default-task-durations": {"inc": 3}}
+    with dask.config.set(config):
+        async with Scheduler(dashboard=False, host="127.0.0.1") as s:
+            async with Client(s.address, asynchronous=True) as c:
+                future = c.submit(inc, 1, key="inc-1")  # no worker yet: it waits
+                await until(lambda: "inc-1" in s.tasks)
+                prefix = s.tasks["inc-1"].prefix
+                assert _compat.prefix_duration(s, prefix) == 3
+                async with Worker(s.address, nthreads=1):
+                    assert await future == 2
+                # once measured, the measurement: inc takes far less than 3 s
+                assert _compat.prefix_duration(s, prefix) < 3
+
+
+def test_add_plugin_reads_the_name_and_does_not_call_start():
+    source = inspect.getsource(Scheduler.add_plugin)
+    assert "_get_plugin_name(plugin)" in source
+    assert ".start(" not in source
+
+
+@gen_test()
+async def test_a_retirement_can_be_undone_as_the_scheduler_does():
+    """``undo_retirement`` relies on the AMM's ``policies`` set of
+    ``RetireWorker`` policies with an ``address``, and on
+    ``handle_worker_status_change`` and ``worker_send``."""
+    with dask.config.set({"distributed.worker.memory.pause": False}):
+        async with Scheduler(dashboard=False, host="127.0.0.1") as s:
+            async with Worker(s.address, nthreads=1) as a, BlockedGatherDep(
+                s.address, nthreads=1
+            ) as b, Client(s.address, asynchronous=True) as c:
+                x = c.submit(inc, 1, workers=[a.address], key="x")
+                await x
+                retiring = asyncio.ensure_future(
+                    s.retire_workers(
+                        workers=[a.address],
+                        close_workers=False,
+                        remove=False,
+                        stimulus_id="test",
+                    )
+                )
+                await b.in_gather_dep.wait()  # the data is on its way to b
+                amm = s.extensions["amm"]
+                assert any(
+                    isinstance(p, RetireWorker) and p.address == a.address
+                    for p in amm.policies
+                )
+                assert s.workers[a.address].status == Status.closing_gracefully
+                retiring.cancel()
+                _compat.undo_retirement(s, [a.address], "test-undo")
+                assert not any(isinstance(p, RetireWorker) for p in amm.policies)
+                assert s.workers[a.address].status == Status.running
+                await until(lambda: a.status == Status.running)
+                b.block_gather_dep.set()
+                assert await x == 2
