@@ -22,12 +22,13 @@ scheduler restarted at the same address finds the jobs its earlier run left in
 the queue by that name and adopts them: they keep their place in the queue,
 count as workers on their way, and are cancelled with the others.
 
-dask-jobqueue writes the job script (``job.job_script()``), knows the submit
-and cancel commands and reads the job id from the submit command's output.
-Its own ``Job.start()`` is a coroutine, but it submits through its private
-``Job._call`` helper, which has no timeout (a hung ``sbatch`` would stall the
-backend for ever) and pipes LSF scripts through a shell; so this module runs
-every command through :func:`dask_adaptive_plugin.shell.run_command` instead.
+dask-jobqueue writes the job script and submits it (``Job.start()``, with each
+system's own way: LSF pipes the script to ``bsub``, OAR passes its directives
+as options), reads the job id and knows the cancel command. All of that runs
+commands through its ``Job._call`` helper, which has no timeout: a hung
+``sbatch`` would stall the backend for ever. So each job class here is
+dask-jobqueue's with that helper going through
+:func:`dask_adaptive_plugin.shell.run_command` (:class:`BoundedCommands`).
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from time import time
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 import dask
 from dask.utils import parse_bytes
 
 from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import parse_cluster_name
+from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.config import invalid, parse_duration
 from dask_adaptive_plugin.shell import CommandError, run_command
 
@@ -75,6 +78,8 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 
 logger = logging.getLogger(__name__)
 
+#: Seconds one submit, cancel or status command may run.
+COMMAND_TIMEOUT = 30.0
 #: Seconds a submitted job may be missing from the queue listing before it is
 #: taken as gone (some systems list a new job only after a moment).
 LISTING_GRACE = 10.0
@@ -89,6 +94,31 @@ _NOT_OPTIONS = frozenset(
 )  # fmt: skip
 
 
+class BoundedCommands:
+    """Mixed into a dask-jobqueue job class: its commands run with a timeout.
+
+    dask-jobqueue submits and cancels through ``Job._call``, which waits for
+    ever; this one runs :func:`run_command` (a timeout, the process group
+    killed, an error showing the command, its exit code and output).
+    :class:`~dask_adaptive_plugin.shell.CommandError` is a ``RuntimeError``,
+    what dask-jobqueue expects of a failed command.
+    """
+
+    @staticmethod
+    async def _call(cmd: list[str], *, shell: bool = False) -> str:
+        if shell:  # LSF's "bsub < script", the one command written for a shell
+            cmd = ["/bin/sh", "-c", " ".join(cmd)]
+        return await run_command(cmd, timeout=COMMAND_TIMEOUT)
+
+
+def bounded(job_cls: type[Job]) -> type[Job]:
+    """``job_cls`` with :class:`BoundedCommands` mixed in, under its own name."""
+    return cast(
+        "type[Job]",
+        type(job_cls.__name__, (BoundedCommands, job_cls), {"__module__": __name__}),
+    )
+
+
 class Listed(NamedTuple):
     """A job as the queue lists it."""
 
@@ -100,23 +130,12 @@ class Listed(NamedTuple):
 
 @dataclass
 class BatchJob:
-    """One job this backend submitted.
+    """One job of this backend: submitted, or adopted from an earlier run.
 
-    Attributes
-    ----------
-    job_id
-        The id the queue gave it.
-    name
-        The worker name given to ``dask worker --name``.
-    workers
-        The names its workers will have: ``name`` for one process, else
-        ``name-0``, ``name-1``... (``dask worker --nworkers``).
-    submitted
-        When it was submitted (``time.time()``).
-    pending
-        Whether the queue last listed it as waiting (not started).
-    reported
-        Whether it has been reported as pending too long.
+    ``workers`` are the names its workers will have: ``name`` for one
+    process, else ``name-0``, ``name-1``... (``dask worker --nworkers``).
+    ``pending`` is whether the queue last listed it as waiting, ``reported``
+    whether it was reported as waiting longer than ``pending_timeout``.
     """
 
     job_id: str
@@ -144,10 +163,9 @@ class JobQueueBackend(Backend):
     cancelled and submitted again. :meth:`close` cancels every job of its
     cluster name.
 
-    Jobs are named after their workers, with the cluster name first; jobs of
-    this cluster name that the backend did not submit (an earlier run of a
-    scheduler at this address) are adopted at the first look at the queue, and
-    an event ``{"status": "recovered", "adopted": [...]}`` says so.
+    Jobs of this cluster name that the backend did not submit (an earlier run
+    of a scheduler at this address) are adopted at the first look at the
+    queue, and an event ``{"status": "recovered", "adopted": [...]}`` says so.
 
     Parameters
     ----------
@@ -175,7 +193,7 @@ class JobQueueBackend(Backend):
         resources with ``worker_extra_args=["--resources", "GPU=1"]``.
     """
 
-    #: The dask-jobqueue job class; set by each system's subclass.
+    #: The dask-jobqueue job class, :func:`bounded`; set by each system's subclass.
     job_cls: ClassVar[type[Job]]
     #: Lists this user's jobs; ``{user}`` is replaced by the user name.
     status_command: ClassVar[tuple[str, ...]] = ()
@@ -200,12 +218,16 @@ class JobQueueBackend(Backend):
         self.scheduler = scheduler
         self.system = self.job_cls.config_name
         self.cluster_name = parse_cluster_name(cluster_name, scheduler.address)
-        self.pending_timeout = _parse_pending_timeout(pending_timeout)
+        self.pending_timeout = parse_duration(
+            "pending_timeout", pending_timeout, backend_option=True
+        )
         self.resubmit_pending = _parse_bool("resubmit_pending", resubmit_pending)
         self.job_options = self._check_job_options(job_options)
-        self._template = self._make_job(scheduler.address, "template", job_options)
-        self.processes = _check_processes(self._template)
-        self.threads_per_worker = self._template.worker_process_threads
+        template = self._make_job(scheduler.address, "template", job_options)
+        self.processes = _check_processes(template)
+        self.threads_per_worker = template.worker_process_threads
+        # HTCondor's job class builds its cancel command per instance
+        self.cancel_command = shlex.split(template.cancel_command)
         self.jobs: dict[str, BatchJob] = {}
         self._job_of_worker: dict[str, BatchJob] = {}
         #: Cancelled jobs the queue may still list as alive: never adopted.
@@ -214,6 +236,7 @@ class JobQueueBackend(Backend):
             rf"{re.escape(self.cluster_name)}-[0-9a-f]{{8}}-\d+"
         )
         self._lock = asyncio.Lock()
+        self._tasks = BackgroundTasks(f"{self.system} backend")
         self._check_timer: asyncio.TimerHandle | None = None
         self._closed = False
         prefix = f"{self.cluster_name}-{uuid.uuid4().hex[:8]}"
@@ -221,20 +244,13 @@ class JobQueueBackend(Backend):
 
     @classmethod
     def check_options(cls, **options: Any) -> None:
-        """Check option names and values before the scheduler starts."""
-        _refuse_job_name(options)
-        super().check_options(**options)
-        parse_cluster_name(options.pop("cluster_name", None), "tcp://scheduler:8786")
-        _parse_pending_timeout(options.pop("pending_timeout", "10m"))
-        _parse_bool("resubmit_pending", options.pop("resubmit_pending", False))
-        cls._check_job_options(options)
-        options.pop("log_directory", None)  # the job class would create it
-        _check_processes(cls._make_job("tcp://scheduler:8786", "check", options))
+        """Check option names and values before the scheduler starts.
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "job_cls" in cls.__dict__:
-            cls.__signature__ = _backend_signature(cls)  # type: ignore[attr-defined]
+        The backend is made with a stand-in address; nothing is submitted.
+        """
+        options.pop("log_directory", None)  # the job class would create it
+        stand_in = SimpleNamespace(address="tcp://scheduler:8786")
+        cls(cast("Scheduler", stand_in), **options)
 
     # -- the plugin's calls ------------------------------------------------------------
 
@@ -243,7 +259,7 @@ class JobQueueBackend(Backend):
         async with self._lock:
             await self._refresh()
             await self._handle_overdue()
-            missing = n - self._workers_counted()
+            missing = n - sum(len(job.workers) for job in self.jobs.values())
             for _ in range(math.ceil(missing / self.processes)):
                 await self._submit()
             self._schedule_check()
@@ -254,15 +270,31 @@ class JobQueueBackend(Backend):
             await self._refresh()
             waiting = [job for job in self.jobs.values() if job.pending]
             if waiting:
-                self._report_cancelled_waiting(waiting)
+                self.log_event(
+                    {
+                        "status": "jobs-cancelled",
+                        "backend": self.system,
+                        "job_ids": [job.job_id for job in waiting],
+                        "reason": "workers are being retired, so jobs still "
+                        "waiting in the queue are not needed",
+                    },
+                )
             # waiting jobs first: cancelling running ones frees room they could take
             await self._cancel(waiting + self._jobs_of(workers))
             self._schedule_check()
 
+    def report(self) -> dict[str, str]:
+        """The workers of our jobs: waiting in the queue, or started."""
+        return {
+            worker: PENDING if job.pending else RUNNING
+            for job in self.jobs.values()
+            for worker in job.workers
+        }
+
     def stopped_together(self, address: str) -> list[str]:
         """The connected workers of this worker's job (itself included)."""
-        ws = self.scheduler.workers.get(address)
-        job = self._job_of_worker.get(str(ws.name)) if ws is not None else None
+        names = self.names([address])
+        job = self._job_of_worker.get(names[0]) if names else None
         if job is None:
             return [address]
         aliases = self.scheduler.aliases
@@ -271,8 +303,8 @@ class JobQueueBackend(Backend):
     async def close(self) -> None:
         """Cancel every job of this cluster: submitted or adopted."""
         self._closed = True
-        if self._check_timer is not None:
-            self._check_timer.cancel()
+        self._schedule_check()  # cancels the timer
+        await self._tasks.cancel()
         async with self._lock:
             try:
                 await self._refresh()  # adopts what an earlier run left
@@ -302,39 +334,23 @@ class JobQueueBackend(Backend):
                 f"({sorted(options)}): {e}"
             ) from e
 
-    def _submit_command(
-        self, job: Job, script_path: str
-    ) -> tuple[list[str], str | None]:
-        """The command that submits ``job`` and the text for its standard input."""
-        return shlex.split(job.submit_command) + [script_path], None
-
     async def _submit(self) -> BatchJob:
         name = next(self._names)
         job = self._make_job(self.scheduler.address, name, self.job_options)
-        with job.job_file() as path:
-            cmd, stdin = self._submit_command(job, path)
-            out = await run_command(cmd, stdin=stdin)
-        record = BatchJob(
-            job_id=job._job_id_from_submit_output(out),
-            name=name,
-            workers=_worker_names(name, self.processes),
-            submitted=time(),
-        )
+        await job.start()  # writes the script, submits it, reads the job id
+        record = BatchJob(job.job_id, name, _worker_names(name, self.processes), time())
         self._remember(record)
-        logger.info(
-            "%s backend: submitted job %s (%s)", self.system, record.job_id, name
-        )
+        logger.info("%s backend: submitted job %s (%s)", self.system, job.job_id, name)
         return record
 
     async def _cancel(self, jobs: list[BatchJob]) -> None:
-        """Cancel these jobs; a job that has already left the queue is no error."""
+        """Cancel these jobs with one command; a job that has already left the
+        queue is no error, one still listed after a failure is."""
         if not jobs:
             return
         ids = list(dict.fromkeys(job.job_id for job in jobs))
-        # HTCondor's job class builds its cancel command per instance
-        cancel = shlex.split(self._template.cancel_command)
         try:
-            await run_command(cancel + ids)
+            await self.job_cls._call(self.cancel_command + ids)
         except CommandError:
             listed = await self.queue_state()
             if any(job_id in listed for job_id in ids):
@@ -364,33 +380,17 @@ class JobQueueBackend(Backend):
                 jobs[job.job_id] = job
         return list(jobs.values())
 
-    def _workers_counted(self) -> int:
-        """The workers of our jobs, connected or not."""
-        return sum(len(job.workers) for job in self.jobs.values())
-
-    def report(self) -> dict[str, str]:
-        """The workers of our jobs: waiting in the queue, or started."""
-        return {
-            worker: PENDING if job.pending else RUNNING
-            for job in self.jobs.values()
-            for worker in job.workers
-        }
-
     # -- the queue ----------------------------------------------------------------------
 
     async def queue_state(self) -> dict[str, Listed]:
         """This user's jobs in the queue that have not ended, by job id."""
         cmd = [part.format(user=getpass.getuser()) for part in self.status_command]
         try:
-            out = await run_command(cmd)
+            out = await run_command(cmd, timeout=COMMAND_TIMEOUT)
         except CommandError as e:
             if e.returncode not in self.status_exit_ok:
                 raise
             out = e.stdout
-        return self.parse_queue_state(out)
-
-    def parse_queue_state(self, out: str) -> dict[str, Listed]:
-        """Read the status command's output: job id -> :class:`Listed`."""
         return {
             job_id: Listed(status in self.pending_states, name)
             for job_id, status, name in self.queue_rows(out)
@@ -434,42 +434,32 @@ class JobQueueBackend(Backend):
     def _adopt(self, jobs: Iterable[BatchJob]) -> None:
         """Manage these jobs of an earlier run as our own, and say so."""
         adopted = list(jobs)
-        if not adopted:
-            return
         for job in adopted:
             self._remember(job)
-        self.log_event(
-            {
-                "status": "recovered",
-                "backend": self.system,
-                "adopted": [job.job_id for job in adopted],
-                "names": [job.name for job in adopted],
-                "reason": f"jobs named {self.cluster_name}-... that this backend "
-                "did not submit (an earlier run at this address): adopted, "
-                "counted as workers on their way",
-            },
-        )
-        logger.info(
-            "%s backend: adopted jobs %s of an earlier run",
-            self.system, ", ".join(job.job_id for job in adopted),
-        )  # fmt: skip
+        if adopted:
+            self.log_event(
+                {
+                    "status": "recovered",
+                    "backend": self.system,
+                    "adopted": [job.job_id for job in adopted],
+                    "names": [job.name for job in adopted],
+                    "reason": f"jobs named {self.cluster_name}-... that this "
+                    "backend did not submit (an earlier run at this address): "
+                    "adopted, counted as workers on their way",
+                },
+            )
 
     # -- jobs that wait too long -----------------------------------------------------------
 
-    def _overdue(self, now: float) -> list[BatchJob]:
-        return [
-            job
-            for job in self.jobs.values()
-            if job.pending
-            and not job.reported
-            and now - job.submitted >= self.pending_timeout
-        ]
-
     async def _handle_overdue(self) -> None:
+        """Report each job waiting longer than ``pending_timeout``, once, and
+        resubmit it if ``resubmit_pending``."""
         now = time()
-        for job in self._overdue(now):
+        action = "resubmitted" if self.resubmit_pending else "left in the queue"
+        for job in self._waiting_unreported():
+            if now - job.submitted < self.pending_timeout:
+                continue
             job.reported = True
-            action = "resubmitted" if self.resubmit_pending else "left in the queue"
             self.log_event(
                 {
                     "status": "job-pending",
@@ -482,47 +472,37 @@ class JobQueueBackend(Backend):
                     f"{self.pending_timeout:g}s; {action}",
                 },
             )
-            logger.warning(
-                "%s backend: job %s pending for %.0fs; %s",
-                self.system, job.job_id, now - job.submitted, action,
-            )  # fmt: skip
             if self.resubmit_pending:
                 await self._cancel([job])
                 await self._submit()
 
+    def _waiting_unreported(self) -> list[BatchJob]:
+        return [job for job in self.jobs.values() if job.pending and not job.reported]
+
     def _schedule_check(self, delay: float | None = None) -> None:
-        """A timer for the next job that may become overdue (no polling otherwise)."""
+        """A timer for the next job that may become overdue (no polling
+        otherwise); ``delay`` overrides it."""
         if self._check_timer is not None:
             self._check_timer.cancel()
             self._check_timer = None
-        if self._closed:
-            return
-        if delay is None:
-            waiting = [
-                job.submitted + self.pending_timeout
-                for job in self.jobs.values()
-                if job.pending and not job.reported
-            ]
-            if not waiting:
-                return
-            delay = max(1.0, min(waiting) - time())
-        loop = asyncio.get_running_loop()
-        self._check_timer = loop.call_later(
-            delay, lambda: asyncio.ensure_future(self._check_overdue())
-        )
+        waiting = self._waiting_unreported()
+        deadlines = [job.submitted + self.pending_timeout for job in waiting]
+        if delay is None and deadlines:
+            delay = max(1.0, min(deadlines) - time())
+        if delay is not None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._check_timer = loop.call_later(delay, self._start_check)
+
+    def _start_check(self) -> None:
+        self._check_timer = None
+        self._tasks.spawn(self._check_overdue(), "checking for jobs pending too long")
 
     async def _check_overdue(self) -> None:
-        self._check_timer = None
-        if self._closed:
-            return
         async with self._lock:
             try:
                 await self._refresh()
                 await self._handle_overdue()
             except Exception as e:
-                logger.warning(
-                    "%s backend: checking pending jobs failed: %s", self.system, e
-                )
                 self.log_event(
                     {
                         "status": "error",
@@ -534,17 +514,6 @@ class JobQueueBackend(Backend):
                 self._schedule_check(RETRY_CHECK)
             else:
                 self._schedule_check()
-
-    def _report_cancelled_waiting(self, jobs: list[BatchJob]) -> None:
-        self.log_event(
-            {
-                "status": "jobs-cancelled",
-                "backend": self.system,
-                "job_ids": [job.job_id for job in jobs],
-                "reason": "workers are being retired, so jobs still waiting in "
-                "the queue are not needed",
-            },
-        )
 
     # -- options ----------------------------------------------------------------------------
 
@@ -563,13 +532,21 @@ class JobQueueBackend(Backend):
     @classmethod
     def _check_job_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         system = cls.job_cls.config_name
-        _refuse_job_name(options)
+        if "job_name" in options:
+            raise invalid(
+                "job_name",
+                options["job_name"],
+                "cluster_name instead (jobs are named after their workers, "
+                "<cluster_name>-<id>, so that a restarted scheduler finds them)",
+                backend_option=True,
+            )
         unknown = sorted(set(options) - set(cls.job_option_names()))
         if unknown:
             raise ValueError(
-                f"unknown option(s) {unknown} for the {system} backend; it "
-                f"takes pending_timeout, resubmit_pending and the arguments of "
-                f"dask-jobqueue's {cls.job_cls.__name__}: "
+                f"invalid backend_options for backend {cls.__name__}: unknown "
+                f"option(s) {unknown} for the {system} backend; it takes "
+                "cluster_name, pending_timeout, resubmit_pending and the arguments "
+                f"of dask-jobqueue's {cls.job_cls.__name__}: "
                 f"{', '.join(cls.job_option_names())}"
             )
         _check_cores_and_memory(options)
@@ -588,36 +565,11 @@ class JobQueueBackend(Backend):
         return options
 
 
-def _backend_signature(cls: type[JobQueueBackend]) -> inspect.Signature:
-    """``(scheduler, pending_timeout, resubmit_pending, *, <job options>)``.
-
-    The plugin checks backend options against the class's signature before the
-    scheduler starts; this makes that check name the job class's arguments.
-    """
-    own = list(inspect.signature(JobQueueBackend.__init__).parameters.values())[1:-1]
-    job = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
-        for name in cls.job_option_names()
-    ]
-    return inspect.Signature(own + job)
-
-
 def _worker_names(name: str, processes: int) -> tuple[str, ...]:
     # dask worker --name NAME --nworkers N names them NAME-0 ... NAME-(N-1)
     if processes == 1:
         return (name,)
     return tuple(f"{name}-{i}" for i in range(processes))
-
-
-def _refuse_job_name(options: dict[str, Any]) -> None:
-    if "job_name" in options:
-        raise invalid(
-            "job_name",
-            options["job_name"],
-            "cluster_name instead (jobs are named after their workers, "
-            "<cluster_name>-<id>, so that a restarted scheduler finds them)",
-            backend_option=True,
-        )
 
 
 def _check_cores_and_memory(options: dict[str, Any]) -> None:
@@ -651,14 +603,8 @@ def _check_processes(job: Job) -> int:
     return processes
 
 
-def _parse_pending_timeout(value: Any) -> float:
-    return parse_duration("pending_timeout", value, backend_option=True)
-
-
 def _parse_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
+    text = str(value).strip().lower()  # True and False give "true" and "false"
     if text in ("true", "yes", "1", "on"):
         return True
     if text in ("false", "no", "0", "off"):
@@ -672,7 +618,7 @@ def _parse_bool(name: str, value: Any) -> bool:
 class SLURMBackend(JobQueueBackend):
     """Workers as SLURM jobs (``sbatch``, ``squeue``, ``scancel``)."""
 
-    job_cls = SLURMJob
+    job_cls = bounded(SLURMJob)
     status_command = ("squeue", "--noheader", "--user={user}", "--format=%i %t %j")
     pending_states = frozenset({"PD"})
     # completing, completed, cancelled, failed, timeout... (squeue lists some)
@@ -684,7 +630,7 @@ class SLURMBackend(JobQueueBackend):
 class PBSBackend(JobQueueBackend):
     """Workers as PBS / Torque jobs (``qsub``, ``qstat``, ``qdel``)."""
 
-    job_cls = PBSJob
+    job_cls = bounded(PBSJob)
     # the full format: the default one cuts names at 16 characters
     status_command = ("qstat", "-f")
     pending_states = frozenset({"Q", "H", "W", "T"})
@@ -709,13 +655,13 @@ class PBSBackend(JobQueueBackend):
 class MoabBackend(PBSBackend):
     """Workers as Moab jobs (``msub``, ``canceljob``; queue state from ``qstat``)."""
 
-    job_cls = MoabJob
+    job_cls = bounded(MoabJob)
 
 
 class SGEBackend(JobQueueBackend):
     """Workers as (Son of) Grid Engine jobs (``qsub``, ``qstat``, ``qdel``)."""
 
-    job_cls = SGEJob
+    job_cls = bounded(SGEJob)
     # job-ID, prior, name, user, state, ...; then "Full jobname: x" (the name
     # column is cut at 10 characters)
     status_command = ("qstat", "-u", "{user}", "-r")
@@ -737,25 +683,16 @@ class SGEBackend(JobQueueBackend):
 class LSFBackend(JobQueueBackend):
     """Workers as LSF jobs (``bsub``, ``bjobs``, ``bkill``)."""
 
-    job_cls = LSFJob
+    job_cls = bounded(LSFJob)
     status_command = ("bjobs", "-noheader", "-o", "jobid stat job_name")
     pending_states = frozenset({"PEND", "PSUSP"})
     finished_states = frozenset({"DONE", "EXIT"})
-
-    def _submit_command(
-        self, job: Job, script_path: str
-    ) -> tuple[list[str], str | None]:
-        # use_stdin (the default): "bsub < script", so that #BSUB lines are read
-        if getattr(job, "use_stdin", False):
-            with open(script_path) as f:
-                return shlex.split(job.submit_command), f.read()
-        return super()._submit_command(job, script_path)
 
 
 class HTCondorBackend(JobQueueBackend):
     """Workers as HTCondor jobs (``condor_submit``, ``condor_q``, ``condor_rm``)."""
 
-    job_cls = HTCondorJob
+    job_cls = bounded(HTCondorJob)
     # dask-jobqueue gives the worker's name as the batch name
     status_command = (
         "condor_q", "-af", "ClusterId", "ProcId", "JobStatus", "JobBatchName"
@@ -774,23 +711,10 @@ class HTCondorBackend(JobQueueBackend):
 class OARBackend(JobQueueBackend):
     """Workers as OAR jobs (``oarsub``, ``oarstat``, ``oardel``)."""
 
-    job_cls = OARJob
+    job_cls = bounded(OARJob)
     status_command = ("oarstat", "-u", "{user}", "-J")
     pending_states = frozenset({"Waiting", "Hold", "toLaunch", "toAckReservation"})
     finished_states = frozenset({"Finishing", "Terminated", "Error"})
-
-    def _submit_command(
-        self, job: Job, script_path: str
-    ) -> tuple[list[str], str | None]:
-        # OAR runs the script from its path when the job starts, after the
-        # temporary file is gone: pass the #OAR lines as options and the rest
-        # inline, as dask-jobqueue's OARJob does
-        with open(script_path) as f:
-            lines = f.readlines()
-        options = [opt for line in lines if line.startswith("#OAR ") for opt in
-                   shlex.split(line[len("#OAR "):])]  # fmt: skip
-        body = "".join(line for line in lines if not line.startswith("#"))
-        return shlex.split(job.submit_command) + options + [body], None
 
     def queue_rows(self, out: str) -> Iterator[tuple[str, str, str]]:
         for job_id, info in json.loads(out or "{}").items():
