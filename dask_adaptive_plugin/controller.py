@@ -18,12 +18,13 @@ import asyncio
 import inspect
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
-from time import time
 from typing import TYPE_CHECKING, Any
 
 from dask_adaptive_plugin import retire
 from dask_adaptive_plugin.background import BackgroundTasks
+from dask_adaptive_plugin.metrics import EVALUATION_BUCKETS, Histogram
 from dask_adaptive_plugin.planner import Action, Cancel, Forget, Planner
 from dask_adaptive_plugin.policy import Down, Up
 
@@ -94,6 +95,8 @@ class Controller:
         self.retire_timeout = retire_timeout
         self.loop = asyncio.get_running_loop()
         self.evaluations = 0
+        #: How long each evaluation took, for metrics.
+        self.evaluation_seconds = Histogram(EVALUATION_BUCKETS)
         self.closed = False
         self.last_evaluation = -math.inf
         #: After a failed evaluation, none before this.
@@ -157,8 +160,10 @@ class Controller:
             return
         now = self.last_evaluation = self.now()
         self.evaluations += 1
+        started = time.perf_counter()
         try:
             evaluation = self.decide(now)
+            self.evaluation_seconds.observe(time.perf_counter() - started)
         except Exception as e:
             self.not_before = now + self.planner.failed(None, "decide", e, now)
             self._set_timer(self.not_before)
@@ -286,7 +291,7 @@ class Controller:
         if not workers:
             return False
         self.ledger.retiring(workers)
-        stimulus_id = f"adaptive-retire-{time()}"
+        stimulus_id = f"adaptive-retire-{time.time()}"
         try:
             retired, why_kept = await retire.move_data_away(
                 self.scheduler, workers, self.retire_timeout, stimulus_id

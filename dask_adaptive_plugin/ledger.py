@@ -29,6 +29,8 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from dask_adaptive_plugin.metrics import STARTUP_BUCKETS, Histogram
+
 REQUESTED = "requested"
 LAUNCHING = "launching"
 RUNNING = "running"
@@ -140,6 +142,8 @@ class Ledger:
         self.counts[None] = Counter()
         self.threads: Counter[str | None] = Counter()
         self.latency: dict[str, Latency] = {p: Latency() for p in self.pools}
+        #: The same latencies in buckets, for metrics.
+        self.startup = {p: Histogram(STARTUP_BUCKETS) for p in self.pools}
         #: Resources that workers asked of a pool arrived without.
         self.lacks: dict[str, set[str]] = {p: set() for p in self.pools}
         #: address -> no retirement before (monotonic), for workers that could
@@ -329,6 +333,7 @@ class Ledger:
         if entry.state in ON_THE_WAY:
             if entry.pool is not None:
                 self.latency[entry.pool].add(now - entry.requested)
+                self.startup[entry.pool].observe(now - entry.requested)
             self._move(entry, RUNNING)
         entry.address, entry.connected, entry.leaving = address, now, None
         entry.nthreads = nthreads

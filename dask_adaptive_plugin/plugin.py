@@ -31,7 +31,7 @@ import dask
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from dask_adaptive_plugin import _compat, registry
+from dask_adaptive_plugin import _compat, metrics, registry
 from dask_adaptive_plugin.backend import Backend, PoolContext
 from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.config import Options, describe, resolve_options
@@ -170,6 +170,8 @@ class AdaptivePlugin(SchedulerPlugin):
         self.controller: Controller | None = None
         self._tasks = BackgroundTasks("adaptive plugin")
         self._failed_hooks: set[str] = set()
+        #: Decisions and errors so far, for metrics.
+        self.counts = metrics.RecordCounts()
         self._stopping: asyncio.Future[None] | None = None
         self._starting: asyncio.Task[None] | None = None
 
@@ -221,14 +223,14 @@ class AdaptivePlugin(SchedulerPlugin):
         except Exception as e:
             self._starting = None
             logger.error("adaptive: the plugin could not start: %s", e, exc_info=True)
-            scheduler.log_event(
-                "adaptive",
+            self._publish(
                 {
                     "status": "error",
                     "action": "start",
                     "error": f"{type(e).__name__}: {e}",
                     "reason": "the adaptive plugin could not start and was removed",
                 },
+                scheduler,
             )
             if scheduler.plugins.get("adaptive") is self:
                 scheduler.remove_plugin("adaptive")
@@ -257,6 +259,7 @@ class AdaptivePlugin(SchedulerPlugin):
         assert self.controller is not None
         await self.controller.refresh()  # workers its backends already run
         self.controller.start()
+        metrics.attach(self)
         self._tasks.spawn(
             self._watch_membership(), "watching the plugin's registration"
         )
@@ -337,6 +340,7 @@ class AdaptivePlugin(SchedulerPlugin):
         self._stopping = asyncio.get_running_loop().create_future()
         try:
             self.controller = None  # the hooks go quiet
+            metrics.detach(self)
             await controller.close()
             self._record({"status": "stopped", "reason": reason})
             await close_backends(self.backends, self.pools)
@@ -436,11 +440,16 @@ class AdaptivePlugin(SchedulerPlugin):
     # -- records ---------------------------------------------------------------------------
 
     def _record(self, entry: dict[str, Any]) -> None:
-        """The one path of every decision and event: the log, then topic "adaptive"."""
+        """The one path of every decision and event: the log, the counts for
+        metrics, then topic "adaptive"."""
+        self._publish(entry, self.scheduler)
+
+    def _publish(self, entry: dict[str, Any], scheduler: Scheduler | None) -> None:
         self.log.append((time(), entry))
+        self.counts.count(entry)
         logger.info("adaptive: %s", entry)
-        if self.scheduler is not None:
-            self.scheduler.log_event("adaptive", entry)
+        if scheduler is not None:
+            scheduler.log_event("adaptive", entry)
 
     def _record_backend_event(self, pool: str, event: dict[str, Any]) -> None:
         self._record({**event, "pool": pool})
