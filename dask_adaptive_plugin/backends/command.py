@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
 import re
 import shlex
-import uuid
 from dataclasses import dataclass
 from time import time
 from typing import TYPE_CHECKING, Any
 
 from dask_adaptive_plugin.backend import RUNNING, Backend
+from dask_adaptive_plugin.backends.workers import (
+    all_or_first_error,
+    parse_text,
+    worker_names,
+)
 from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 from dask_adaptive_plugin.shell import run_command
 
@@ -89,59 +91,34 @@ class CommandBackend(Backend):
         command_timeout: Any = "30s",
     ) -> None:
         self.scheduler = scheduler
-        options = self._parse_options(
-            start=start, stop=stop, job_id_pattern=job_id_pattern,
-            threads_per_worker=threads_per_worker, start_timeout=start_timeout,
-            command_timeout=command_timeout,
-        )  # fmt: skip
-        self.start: list[str] = options["start"]
-        self.stop: list[str] = options["stop"]
-        self.job_id_pattern: re.Pattern[str] = options["job_id_pattern"]
+        self.start = _parse_command("start", start)
+        self.stop = _parse_command("stop", stop)
+        if _uses(self.start, "job_id"):
+            raise invalid(
+                "start", start, "a command without {job_id} (it is read from "
+                "the start command's output)", backend_option=True,
+            )  # fmt: skip
+        self.job_id_pattern = _parse_pattern(job_id_pattern)
         self.needs_job_id = _uses(self.stop, "job_id")
-        self.threads_per_worker = options["threads_per_worker"]
-        self.start_timeout: float = options["start_timeout"]
-        self.command_timeout: float = options["command_timeout"]
-        prefix = f"{name_prefix}-{uuid.uuid4().hex[:8]}"
-        self._names = (f"{prefix}-{i}" for i in itertools.count())
+        self.threads_per_worker = parse_count(
+            "threads_per_worker", threads_per_worker, low=1, backend_option=True
+        )
+        self.start_timeout, self.command_timeout = (
+            parse_duration(name, value, backend_option=True)
+            for name, value in [
+                ("start_timeout", start_timeout),
+                ("command_timeout", command_timeout),
+            ]
+        )
+        prefix = parse_text("name_prefix", name_prefix, optional=False)
+        self._names = worker_names(prefix)  # type: ignore[arg-type]
         self.workers: dict[str, Launched] = {}
 
     @classmethod
     def check_options(cls, **options: Any) -> None:
         """Check option names and values before the scheduler starts."""
         super().check_options(**options)
-        options.pop("name_prefix", None)
-        cls._parse_options(**options)
-
-    @staticmethod
-    def _parse_options(
-        start: Any,
-        stop: Any,
-        job_id_pattern: Any = r"(\d+)",
-        threads_per_worker: Any = 1,
-        start_timeout: Any = "120s",
-        command_timeout: Any = "30s",
-    ) -> dict[str, Any]:
-        """The options checked and converted; ``ValueError`` names a bad one."""
-        commands = {"start": _parse_command("start", start),
-                    "stop": _parse_command("stop", stop)}  # fmt: skip
-        if _uses(commands["start"], "job_id"):
-            raise invalid(
-                "start", start, "a command without {job_id} (it is read from "
-                "the start command's output)", backend_option=True,
-            )  # fmt: skip
-        return {
-            **commands,
-            "job_id_pattern": _parse_pattern(job_id_pattern),
-            "threads_per_worker": parse_count(
-                "threads_per_worker", threads_per_worker, low=1, backend_option=True
-            ),
-            "start_timeout": parse_duration(
-                "start_timeout", start_timeout, backend_option=True
-            ),
-            "command_timeout": parse_duration(
-                "command_timeout", command_timeout, backend_option=True
-            ),
-        }
+        cls(None, **options)  # type: ignore[arg-type]
 
     async def scale_up(self, n: int, **resources: Any) -> None:
         """Launch workers until this backend has ``n``, connected or on their way."""
@@ -201,12 +178,7 @@ class CommandBackend(Backend):
 
     async def _stop_all(self, workers: list[Launched]) -> None:
         """Stop these workers at once; raise the first failure after trying all."""
-        results = await asyncio.gather(
-            *(self._stop(w) for w in workers), return_exceptions=True
-        )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        await all_or_first_error(self._stop(w) for w in workers)
 
     async def _stop(self, worker: Launched) -> None:
         await run_command(self.command(self.stop, worker), timeout=self.command_timeout)

@@ -33,8 +33,13 @@ import distributed
 import yaml
 
 from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend
-from dask_adaptive_plugin.backends.workers import parse_cluster_name, parse_worker_args
-from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
+from dask_adaptive_plugin.backends.workers import (
+    WorkerOptions,
+    all_or_first_error,
+    parse_cluster_name,
+    parse_text,
+)
+from dask_adaptive_plugin.config import invalid, parse_duration
 
 try:
     import kr8s
@@ -161,31 +166,28 @@ class KubernetesBackend(Backend):
         self.scheduler = scheduler
         self.template = _apply_container_options(
             _load_pod_template(pod_template),
-            image=_optional_text("image", image),
+            image=parse_text("image", image),
             resources=_parse_resources(resources),
             env=_parse_env(env),
         )
         self.namespace_option = _parse_namespace(namespace)
         self.namespace = self.namespace_option or "default"
-        self.nthreads = self.threads_per_worker = parse_count(
-            "nthreads", nthreads, low=1, backend_option=True
-        )
-        self.worker_args = parse_worker_args(worker_args)
-        self.death_timeout, self.pending_timeout, self.api_timeout = (
+        self.worker = WorkerOptions.parse(nthreads, None, worker_args, death_timeout)
+        self.threads_per_worker = self.worker.nthreads
+        self.pending_timeout, self.api_timeout = (
             parse_duration(name, value, backend_option=True)
             for name, value in [
-                ("death_timeout", death_timeout),
                 ("pending_timeout", pending_timeout),
                 ("api_timeout", api_timeout),
             ]
         )
         self.scheduler_address = (
-            _optional_text("scheduler_address", scheduler_address) or scheduler.address
+            parse_text("scheduler_address", scheduler_address) or scheduler.address
         )
         self.cluster_name = parse_cluster_name(cluster_name, self.scheduler_address)
-        self.kubeconfig = _optional_text("kubeconfig", kubeconfig)
-        self.context = _optional_text("context", context)
-        self.api_url = _optional_text("api_url", api_url)
+        self.kubeconfig = parse_text("kubeconfig", kubeconfig)
+        self.context = parse_text("context", context)
+        self.api_url = parse_text("api_url", api_url)
         self.pods: dict[str, PodRecord] = {}
         self._api: Any = None
         self._secrets: set[str] = set()
@@ -203,7 +205,7 @@ class KubernetesBackend(Backend):
         await self._refresh()
         missing = n - len(self.pods)
         if missing > 0:
-            await _all_or_first_error(
+            await all_or_first_error(
                 self._create_pod(self._new_pod_name(), resources)
                 for _ in range(missing)
             )
@@ -213,7 +215,7 @@ class KubernetesBackend(Backend):
         await self._ensure_setup()
         names = self.names(workers)
         ours = [n for n in names if n in self.pods or n.startswith(self._prefix)]
-        await _all_or_first_error(self._delete_pod(name) for name in ours)
+        await all_or_first_error(self._delete_pod(name) for name in ours)
 
     def report(self) -> dict[str, str]:
         """This backend's Pods: Pending ones wait, the others run."""
@@ -230,7 +232,7 @@ class KubernetesBackend(Backend):
             return  # never reached the API: nothing of ours to delete
         try:
             names = {pod["metadata"]["name"] for pod in await self._list_pods()}
-            await _all_or_first_error(
+            await all_or_first_error(
                 self._delete_pod(name) for name in names | set(self.pods)
             )
         except Exception as e:
@@ -249,18 +251,6 @@ class KubernetesBackend(Backend):
         connected = self._connected_names()
         return sorted(name for name in self.pods if name not in connected)
 
-    def worker_command(self, name: str, resources: Mapping[str, Any]) -> list[str]:
-        """The worker container's ``args``: ``dask worker`` and its options."""
-        args = [
-            "dask", "worker", self.scheduler_address,
-            "--name", name,
-            "--nthreads", str(self.nthreads),
-            "--death-timeout", f"{self.death_timeout:g}s",
-        ]  # fmt: skip
-        if resources:
-            args += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
-        return args + self.worker_args
-
     def pod_manifest(self, name: str, resources: Mapping[str, Any]) -> dict[str, Any]:
         """The Pod for worker ``name``: the template, named, labelled, with args."""
         pod = copy.deepcopy(self.template)
@@ -270,7 +260,9 @@ class KubernetesBackend(Backend):
         labels = metadata.setdefault("labels", {})
         labels.update({SCHEDULER_LABEL: self.cluster_name, WORKER_LABEL: name})
         pod["spec"].setdefault("restartPolicy", "Never")
-        pod["spec"]["containers"][0]["args"] = self.worker_command(name, resources)
+        pod["spec"]["containers"][0]["args"] = self.worker.command(
+            ["dask", "worker"], self.scheduler_address, name, resources
+        )
         return pod
 
     # -- start: adopt or remove what an earlier run left -------------------------------
@@ -535,14 +527,6 @@ async def _collect(items: Any) -> list[Any]:
     return [item async for item in items]
 
 
-async def _all_or_first_error(calls: Iterable[Awaitable[None]]) -> None:
-    """Run ``calls`` together, let all finish, then raise the first error."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-
-
 def _name_and_phase(pod: Mapping[str, Any]) -> tuple[str, str]:
     phase = (pod.get("status") or {}).get("phase") or "Pending"
     return pod["metadata"]["name"], phase
@@ -691,14 +675,6 @@ def _apply_container_options(
         ]
         container["env"] = kept + env
     return pod
-
-
-def _optional_text(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise invalid(name, value, "a non-empty string", backend_option=True)
-    return value.strip()
 
 
 def _parse_namespace(value: Any) -> str | None:

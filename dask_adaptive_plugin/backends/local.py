@@ -5,24 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import itertools
 import logging
 import os
 import signal
 import sys
-import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dask_adaptive_plugin.backend import RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import (
-    dask_worker_command,
-    parse_memory_limit,
-    parse_worker_args,
+    WorkerOptions,
+    python_worker,
+    worker_names,
 )
 from dask_adaptive_plugin.background import BackgroundTasks
-from dask_adaptive_plugin.config import parse_count, parse_duration
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -93,33 +90,20 @@ class LocalBackend(Backend):
         death_timeout: Any = "60s",
     ) -> None:
         super().__init__(scheduler)
-        options = self.parse_options(nthreads, memory_limit, worker_args, death_timeout)
-        self.nthreads, self.memory_limit, self.worker_args, self.death_timeout = options
-        self.threads_per_worker = self.nthreads
+        self.worker = WorkerOptions.parse(
+            nthreads, memory_limit, worker_args, death_timeout
+        )
+        self.threads_per_worker = self.worker.nthreads
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.output: dict[str, deque[str]] = {}
         self._tasks = BackgroundTasks("local backend")
-        self._names = (f"local-{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
-
-    @staticmethod
-    def parse_options(
-        nthreads: Any = 1,
-        memory_limit: Any = "auto",
-        worker_args: Any = (),
-        death_timeout: Any = "60s",
-    ) -> tuple[int, int | str, list[str], float]:
-        """The options, checked; ``ValueError`` names a bad one."""
-        return (
-            parse_count("nthreads", nthreads, low=1, backend_option=True),  # type: ignore[return-value]
-            parse_memory_limit(memory_limit),
-            parse_worker_args(worker_args),
-            parse_duration("death_timeout", death_timeout, backend_option=True),
-        )
+        self._names = worker_names("local")
 
     @classmethod
     def check_options(cls, **options: Any) -> None:
+        """Check option names and values before the scheduler starts."""
         super().check_options(**options)
-        cls.parse_options(**options)
+        cls(None, **options)  # type: ignore[arg-type]
 
     async def scale_up(self, n: int, **resources: Any) -> None:
         """Start processes until ``n`` are running or starting."""
@@ -149,16 +133,8 @@ class LocalBackend(Backend):
 
     def command(self, name: str, resources: dict[str, Any]) -> list[str]:
         """The ``dask worker`` command line for one worker."""
-        return dask_worker_command(
-            sys.executable,
-            self.scheduler.address,
-            name,
-            nthreads=self.nthreads,
-            memory_limit=self.memory_limit,
-            death_timeout=self.death_timeout,
-            resources=resources,
-            extra=self.worker_args,
-        )
+        program = python_worker(sys.executable)
+        return self.worker.command(program, self.scheduler.address, name, resources)
 
     async def _spawn(
         self, name: str, resources: dict[str, Any]

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import shlex
 import sys
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dask_adaptive_plugin.backend import RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import (
-    dask_worker_command,
-    parse_memory_limit,
-    parse_worker_args,
+    WorkerOptions,
+    parse_text,
+    python_worker,
+    worker_names,
 )
 from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 
@@ -155,28 +154,29 @@ class SSHBackend(Backend):
         self.scheduler = scheduler
         self.hosts = _parse_hosts(hosts)
         self.port = parse_count("port", port, low=1, high=65535, backend_option=True)
-        self.username = _parse_username(username)
+        self.username = parse_text(
+            "username", username, "a user name without spaces", one_word=True
+        )
         self.client_keys = _parse_paths("client_keys", client_keys, "private key")
         self.known_hosts = _parse_known_hosts(known_hosts)
         self.workers_per_host = parse_count(
             "workers_per_host", workers_per_host, low=1, backend_option=True
         )
         self.maximum = len(self.hosts) * self.workers_per_host
-        self.nthreads = self.threads_per_worker = parse_count(
-            "nthreads", nthreads, low=1, backend_option=True
+        self.worker = WorkerOptions.parse(
+            nthreads, memory_limit, worker_args, death_timeout
         )
-        self.memory_limit = parse_memory_limit(memory_limit)
-        self.python = _parse_python(python)
-        self.worker_args = parse_worker_args(worker_args)
-        self.death_timeout = parse_duration(
-            "death_timeout", death_timeout, backend_option=True
-        )
+        self.threads_per_worker = self.worker.nthreads
+        self.python = parse_text(
+            "python", python, "the path of the Python executable on the hosts",
+            optional=False,
+        )  # fmt: skip
         self.connect_timeout = parse_duration(
             "connect_timeout", connect_timeout, positive=True, backend_option=True
         )
         self.workers: dict[str, RemoteWorker] = {}
         self.connections: dict[str, asyncssh.SSHClientConnection] = {}
-        self._names = (f"ssh-{uuid.uuid4().hex[:8]}-{i}" for i in itertools.count())
+        self._names = worker_names("ssh")
 
     # -- the backend interface -------------------------------------------------------
 
@@ -218,16 +218,8 @@ class SSHBackend(Backend):
 
     def worker_argv(self, name: str, resources: dict[str, Any]) -> list[str]:
         """The ``dask worker`` command line for one worker, as a list."""
-        return dask_worker_command(
-            self.python,
-            self.scheduler.address,
-            name,
-            nthreads=self.nthreads,
-            memory_limit=self.memory_limit,
-            death_timeout=self.death_timeout,
-            resources=resources,
-            extra=self.worker_args,
-        )
+        program = python_worker(self.python)  # type: ignore[arg-type]
+        return self.worker.command(program, self.scheduler.address, name, resources)
 
     def command(self, name: str, resources: dict[str, Any]) -> str:
         """The remote shell command: print the shell's PID, then become the worker.
@@ -501,16 +493,6 @@ def _parse_hosts(value: Any) -> list[str]:
     return hosts
 
 
-def _parse_username(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or value.split() != [value]:
-        raise invalid(
-            "username", value, "a user name without spaces", backend_option=True
-        )
-    return value
-
-
 def _parse_paths(
     name: str, value: Any, what: str, alternative: str = ""
 ) -> list[str] | None:
@@ -536,14 +518,3 @@ def _parse_known_hosts(value: Any) -> Any:
     return _parse_paths(
         "known_hosts", value, "known_hosts", ", or None to disable host key checking"
     )
-
-
-def _parse_python(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise invalid(
-            "python",
-            value,
-            "the path of the Python executable on the hosts",
-            backend_option=True,
-        )
-    return value.strip()

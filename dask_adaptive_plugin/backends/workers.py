@@ -1,48 +1,92 @@
 """What the backends that start ``dask worker`` processes share: the command
-line, the checks of the options that shape it, and the cluster name that tells
-their workers apart from another scheduler's."""
+line, the checks of the options that shape it, unique worker names, and the
+cluster name that tells their workers apart from another scheduler's."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import re
 import shlex
+import uuid
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dask.utils import parse_bytes
 
-from dask_adaptive_plugin.config import invalid
+from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 
 #: Cluster names are cut to this length, so that ``<name>-<8 hex>`` names stay
 #: valid Kubernetes label values (at most 63 characters).
 MAX_CLUSTER_NAME = 54
 
 
-def dask_worker_command(
-    python: str,
-    scheduler: str,
-    name: str,
-    *,
-    nthreads: int,
-    memory_limit: int | str | None = None,
-    death_timeout: float | None = None,
-    resources: dict[str, Any] | None = None,
-    extra: list[str] = (),  # type: ignore[assignment]
-) -> list[str]:
-    """The argument list of one ``dask worker``, named ``name``.
+@dataclass(frozen=True)
+class WorkerOptions:
+    """The backend options that shape a ``dask worker`` command line, checked.
 
-    ``resources`` are what waiting tasks need (``scale_up``'s keyword
-    arguments); they become the worker's ``--resources``.
+    ``memory_limit`` is ``None`` for a backend without that option.
     """
-    cmd = [python, "-m", "distributed.cli.dask_worker", scheduler,
-           "--name", name, "--nthreads", str(nthreads)]  # fmt: skip
-    if memory_limit is not None:
-        cmd += ["--memory-limit", str(memory_limit)]
-    if death_timeout is not None:
-        cmd += ["--death-timeout", f"{death_timeout:g}s"]
-    if resources:
-        cmd += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
-    return cmd + list(extra)
+
+    nthreads: int
+    memory_limit: int | str | None
+    worker_args: list[str]
+    death_timeout: float
+
+    @classmethod
+    def parse(
+        cls,
+        nthreads: Any = 1,
+        memory_limit: Any = None,
+        worker_args: Any = (),
+        death_timeout: Any = "60s",
+    ) -> WorkerOptions:
+        """Check the options; ``ValueError`` names a bad one."""
+        return cls(
+            parse_count("nthreads", nthreads, low=1, backend_option=True),  # type: ignore[arg-type]
+            None if memory_limit is None else parse_memory_limit(memory_limit),
+            parse_worker_args(worker_args),
+            parse_duration("death_timeout", death_timeout, backend_option=True),
+        )
+
+    def command(
+        self, program: Sequence[str], scheduler: str, name: str, resources: Any
+    ) -> list[str]:
+        """The argument list of one ``dask worker`` named ``name``.
+
+        ``program`` runs ``dask worker`` (``[python, "-m",
+        "distributed.cli.dask_worker"]``, or ``["dask", "worker"]``);
+        ``resources`` are what waiting tasks need (``scale_up``'s keyword
+        arguments), the worker's ``--resources``.
+        """
+        cmd = [*program, scheduler, "--name", name, "--nthreads", str(self.nthreads)]
+        if self.memory_limit is not None:
+            cmd += ["--memory-limit", str(self.memory_limit)]
+        cmd += ["--death-timeout", f"{self.death_timeout:g}s"]
+        if resources:
+            cmd += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
+        return cmd + self.worker_args
+
+
+def python_worker(python: str) -> list[str]:
+    """The program that runs ``dask worker`` with this Python executable."""
+    return [python, "-m", "distributed.cli.dask_worker"]
+
+
+def worker_names(prefix: str) -> Iterator[str]:
+    """Worker names no other run repeats: ``<prefix>-<8 hex>-0``, ``-1``..."""
+    run = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return (f"{run}-{i}" for i in itertools.count())
+
+
+async def all_or_first_error(calls: Iterable[Awaitable[Any]]) -> None:
+    """Run ``calls`` together, let all finish, then raise the first error."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def parse_memory_limit(value: Any) -> int | str:
@@ -72,6 +116,24 @@ def parse_worker_args(value: Any) -> list[str]:
     raise invalid(
         "worker_args", value, "a list of strings or one string", backend_option=True
     )
+
+
+def parse_text(
+    name: str,
+    value: Any,
+    accepted: str = "a non-empty string",
+    *,
+    optional: bool = True,
+    one_word: bool = False,
+) -> str | None:
+    """A non-empty string (without white space if ``one_word``), stripped, or
+    ``None`` if ``optional``."""
+    if value is None and optional:
+        return None
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or (one_word and text.split() != [value]):
+        raise invalid(name, value, accepted, backend_option=True)
+    return text
 
 
 def safe_name(text: str) -> str:
