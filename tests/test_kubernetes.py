@@ -399,3 +399,30 @@ def test_error_answers_never_show_the_token(
                 assert_no_secret(scheduler, caplog, TOKEN, "kubernetes")
 
     run(scenario)
+
+
+def test_an_error_from_connecting_never_shows_the_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The credentials are known before the first request: a refusal of that
+    request (kr8s asks for /version/) that echoes the token shows it as ***."""
+
+    async def scenario() -> None:
+        refusal = {"kind": "Status", "code": 422, "message": f"refused {TOKEN}"}
+        async with (
+            kmock.KubernetesEmulator() as emulator,
+            kmock.Server(emulator) as server,
+        ):
+            emulator["get", re.compile(r"/version/?")] << 422 << refusal
+            url = str(server.url).rstrip("/")
+            options = {"kubeconfig": write_kubeconfig(tmp_path, url)}
+            async with scheduler_with(
+                "kubernetes", minimum=1, backend_options=options
+            ) as (scheduler, _):
+                await until(lambda: events(scheduler, "error"), what="an error event")
+                error = events(scheduler, "error")[0]["error"]
+                assert "connect to the Kubernetes API failed" in error
+                assert "HTTP 422: refused ***" in error
+                assert_no_secret(scheduler, caplog, TOKEN, "kubernetes")
+
+    run(scenario)

@@ -6,13 +6,13 @@ scheduler's event loop, and each is bounded by ``api_timeout``.
 Identity. Every Pod carries two labels: ``dask-adaptive-plugin/scheduler``, the
 *cluster name*, and ``dask-adaptive-plugin/worker``, the Pod's (and worker's)
 name. The cluster name is the option ``cluster_name``; by default it is derived
-from the address the workers connect to (``tcp://10.0.0.5:8786`` gives
-``dask-10-0-0-5-8786``), so that a scheduler restarted at the same address (the
-usual case behind a Kubernetes Service) finds the Pods of its earlier run. A
-scheduler that listens on a random port should be given a ``cluster_name``.
+from the address the workers connect to, so that a scheduler restarted at the
+same address (the usual case behind a Kubernetes Service) finds the Pods of its
+earlier run: it adopts those whose worker is connected and deletes the others.
 
-On start, Pods labelled for this cluster name by an earlier run are adopted if
-their worker is connected to this scheduler, and deleted otherwise.
+Credentials. kr8s's own auth object reads the kubeconfig (or the service
+account) before the first request; the secrets it holds are replaced by
+``***`` in every message, also in an error from connecting.
 """
 
 from __future__ import annotations
@@ -39,11 +39,13 @@ from dask_adaptive_plugin.backends.workers import (
     parse_cluster_name,
     parse_text,
 )
+from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.config import invalid, parse_duration
 
 try:
     import kr8s
     import kr8s.asyncio
+    from kr8s._auth import KubeAuth  # the class of kr8s.asyncio.api().auth
     from kr8s.asyncio.objects import Pod
 except ImportError as e:  # pragma: no cover - depends on the installation
     raise ImportError(
@@ -75,7 +77,6 @@ URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 FINISHED = ("Succeeded", "Failed")
 #: A namespace name.
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 class KubernetesAPIError(RuntimeError):
@@ -90,7 +91,8 @@ class PodRecord:
     created: float
     phase: str = "Pending"
     reported: bool = False
-    timer: asyncio.TimerHandle | None = None
+    #: The look at its phase once ``pending_timeout`` has passed.
+    check: asyncio.Task[None] | None = None
 
 
 class KubernetesBackend(Backend):
@@ -190,11 +192,11 @@ class KubernetesBackend(Backend):
         self.api_url = parse_text("api_url", api_url)
         self.pods: dict[str, PodRecord] = {}
         self._api: Any = None
-        self._secrets: set[str] = set()
-        self._server_url = self.api_url
-        self._setup: asyncio.Task | None = None
-        self._checks: set[asyncio.Task] = set()
-        self._closed = False
+        #: kr8s's auth object, read before the first request.
+        self._auth: KubeAuth | None = None
+        self._tasks = BackgroundTasks("kubernetes backend", self._background_failed)
+        self._setup: asyncio.Task[None] | None = None
+        self._set_up = False
         self._start_setup_in_background()
 
     # -- the backend interface -----------------------------------------------------
@@ -226,8 +228,7 @@ class KubernetesBackend(Backend):
 
     async def close(self) -> None:
         """Delete every Pod of this backend; failures are logged, not raised."""
-        self._closed = True
-        self._cancel_background_work()
+        await self._tasks.cancel()
         if self._api is None and not self.pods:
             return  # never reached the API: nothing of ours to delete
         try:
@@ -239,17 +240,12 @@ class KubernetesBackend(Backend):
             message = self._scrub(f"{type(e).__name__}: {e}")
             logger.warning("kubernetes backend: Pods not deleted on close: %s", message)
 
-    # -- what the backend tells about its Pods -----------------------------------------
-
     @property
     def pending(self) -> list[str]:
-        """This backend's Pods whose worker has not connected (yet).
+        """This backend's Pods whose worker has not connected (yet)."""
+        return sorted(name for name in self.pods if name not in self.scheduler.aliases)
 
-        They count toward the total that :meth:`scale_up` brings the cluster
-        to, but are not workers: the scheduler does not know them.
-        """
-        connected = self._connected_names()
-        return sorted(name for name in self.pods if name not in connected)
+    # -- the Pod ---------------------------------------------------------------------
 
     def pod_manifest(self, name: str, resources: Mapping[str, Any]) -> dict[str, Any]:
         """The Pod for worker ``name``: the template, named, labelled, with args."""
@@ -271,61 +267,29 @@ class KubernetesBackend(Backend):
         """Begin the start-up clean-up now if there is a loop (the plugin's case)."""
         try:
             asyncio.get_running_loop()
-        except RuntimeError:
+        except RuntimeError:  # made outside a loop: at the first call instead
             return
-        self._setup = asyncio.ensure_future(self._adopt_or_remove_leftovers())
-        self._setup.add_done_callback(self._report_failed_setup)
-
-    def _report_failed_setup(self, task: asyncio.Task) -> None:
-        error = None if task.cancelled() else task.exception()
-        if error is None:
-            return
-        self._record(
-            {
-                "status": "error",
-                "action": "kubernetes start-up",
-                "error": self._scrub(f"{type(error).__name__}: {error}"),
-                "reason": "could not look for Pods of an earlier run; "
-                "trying again at the next scale_up or scale_down",
-            }
+        self._setup = self._tasks.spawn(
+            self._refresh(first=True), "looking for Pods of an earlier run"
         )
 
     async def _ensure_setup(self) -> None:
-        """Run the start-up clean-up once; again if it failed before."""
-        setup = self._setup
-        if setup is None or (
-            setup.done() and (setup.cancelled() or setup.exception() is not None)
-        ):
-            setup = self._setup = asyncio.ensure_future(
-                self._adopt_or_remove_leftovers()
-            )
-        await asyncio.shield(setup)
+        """Wait for the start-up clean-up; run it again if it failed."""
+        if self._setup is not None and not self._setup.done():
+            await asyncio.shield(self._setup)
+        if not self._set_up:
+            await self._refresh(first=True)
 
-    async def _adopt_or_remove_leftovers(self) -> None:
-        """Keep Pods whose worker is connected; delete the other Pods of our name."""
-        connected = self._connected_names()
-        adopted, removed = [], []
-        for pod in await self._list_pods():
-            name, phase = _name_and_phase(pod)
-            if name in connected and phase not in FINISHED:
-                self.pods[name] = PodRecord(name, _created_at(pod), phase)
-                adopted.append(name)
-            else:
-                await self._delete_pod(name)
-                removed.append(name)
-        if adopted or removed:
-            self._record(
-                {
-                    "status": "recovered",
-                    "adopted": sorted(adopted),
-                    "removed": sorted(removed),
-                    "reason": f"Pods labelled {SCHEDULER_LABEL}={self.cluster_name} "
-                    "from an earlier run: kept those whose worker is connected",
-                }
-            )
-
-    def _connected_names(self) -> set[str]:
-        return {str(ws.name) for ws in self.scheduler.workers.values()}
+    def _background_failed(self, what: str, error: BaseException) -> None:
+        self._record(
+            {
+                "status": "error",
+                "action": what,
+                "error": self._scrub(f"{type(error).__name__}: {error}"),
+                "reason": f"{what} failed; tried again at the next scale_up "
+                "or scale_down",
+            }
+        )
 
     # -- Pods --------------------------------------------------------------------------
 
@@ -337,21 +301,24 @@ class KubernetesBackend(Backend):
     def _new_pod_name(self) -> str:
         return f"{self._prefix}{uuid.uuid4().hex[:8]}"
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, first: bool = False) -> None:
         """Bring :attr:`pods` up to date: phases, vanished and finished Pods.
 
-        A Pod with this cluster's label that is not tracked (left by something
-        else) is adopted if its worker is connected, deleted if it finished.
+        A Pod with this cluster's label that is not tracked (left by an
+        earlier run) is adopted if its worker is connected; otherwise it is
+        deleted if it finished, or if this is the ``first`` look.
         """
-        listed = {}
-        connected = self._connected_names()
+        connected = {str(ws.name) for ws in self.scheduler.workers.values()}
+        listed, adopted, removed = {}, [], []
         for pod in await self._list_pods():
             name, phase = _name_and_phase(pod)
-            listed[name] = phase
-            if name not in self.pods and phase in FINISHED:
-                await self._delete_pod(name)
-            elif name not in self.pods and name in connected:
+            if name not in self.pods and name in connected and phase not in FINISHED:
                 self.pods[name] = PodRecord(name, _created_at(pod), phase)
+                adopted.append(name)
+            elif name not in self.pods and (first or phase in FINISHED):
+                await self._delete_pod(name)
+                removed.append(name)
+            listed[name] = phase
         for name, record in list(self.pods.items()):
             if name not in listed:
                 self._forget(name)
@@ -361,6 +328,17 @@ class KubernetesBackend(Backend):
             else:
                 record.phase = listed[name]
                 self._report_if_pending_too_long(record)
+        if first and (adopted or removed):
+            self._record(
+                {
+                    "status": "recovered",
+                    "adopted": sorted(adopted),
+                    "removed": sorted(removed),
+                    "reason": f"Pods labelled {SCHEDULER_LABEL}={self.cluster_name} "
+                    "from an earlier run: kept those whose worker is connected",
+                }
+            )
+        self._set_up = self._set_up or first
 
     async def _list_pods(self) -> list[dict[str, Any]]:
         """This cluster's Pods that are not being deleted, as raw manifests."""
@@ -389,13 +367,17 @@ class KubernetesBackend(Backend):
         record = self.pods[name] = PodRecord(name, time())
         await self._call(f"create Pod {name}", pod.create())
         logger.debug("kubernetes backend: created Pod %s", name)
-        record.timer = asyncio.get_running_loop().call_later(
-            self.pending_timeout, self._check_pending_soon, name
+        record.check = self._tasks.spawn(
+            self._check_pending_later(record), f"checking whether Pod {name} waits"
         )
 
-    async def _delete_pod(self, name: str) -> None:
+    async def _pod(self, name: str) -> Pod:
+        """A handle on the Pod ``name`` (nothing is read)."""
         api = await self._connect()
-        pod = Pod({"metadata": {"name": name}}, namespace=self.namespace, api=api)
+        return Pod({"metadata": {"name": name}}, namespace=self.namespace, api=api)
+
+    async def _delete_pod(self, name: str) -> None:
+        pod = await self._pod(name)
         try:
             await self._call(f"delete Pod {name}", pod.delete())
         except kr8s.NotFoundError:
@@ -405,25 +387,17 @@ class KubernetesBackend(Backend):
 
     def _forget(self, name: str) -> None:
         record = self.pods.pop(name, None)
-        if record is not None and record.timer is not None:
-            record.timer.cancel()
+        if record is not None and record.check is not None:
+            record.check.cancel()
 
     # -- Pending Pods ------------------------------------------------------------------
 
-    def _check_pending_soon(self, name: str) -> None:
-        """Timer callback at a Pod's pending deadline: look at its phase."""
-        task = asyncio.ensure_future(self._check_pending(name))
-        self._checks.add(task)
-        task.add_done_callback(self._checks.discard)
-
-    async def _check_pending(self, name: str) -> None:
-        record = self.pods.get(name)
-        if record is None or self._closed:
-            return
+    async def _check_pending_later(self, record: PodRecord) -> None:
+        """At the Pod's pending deadline, read its phase and report it if Pending."""
+        await asyncio.sleep(self.pending_timeout)
         try:
-            api = await self._connect()
-            pod = Pod({"metadata": {"name": name}}, namespace=self.namespace, api=api)
-            await self._call(f"read Pod {name}", pod.refresh())
+            pod = await self._pod(record.name)
+            await self._call(f"read Pod {record.name}", pod.refresh())
         except Exception as e:  # only a report is lost; refresh will look again
             logger.debug("kubernetes backend: %s", e)
             return
@@ -454,24 +428,20 @@ class KubernetesBackend(Backend):
     # -- the API -----------------------------------------------------------------------
 
     async def _connect(self) -> Any:
-        """The kr8s API client, made (and authenticated) on first use."""
+        """The kr8s API client, made (and authenticated) on first use.
+
+        The credentials are read first, by a kr8s auth object of their own, so
+        that even an error from the first request is cleaned of them.
+        """
         if self._api is None:
-            secrets, server = await asyncio.to_thread(
-                _kubeconfig_facts, self.kubeconfig, self.context
-            )
-            self._secrets |= secrets
-            self._server_url = self.api_url or server
+            where = {"url": self.api_url, "kubeconfig": self.kubeconfig,
+                     "context": self.context, "namespace": self.namespace_option}  # fmt: skip
+            auth = KubeAuth(**where)
+            await self._call("read the Kubernetes credentials", auth.reauthenticate())
+            self._auth = auth
             api = await self._call(
-                "connect to the Kubernetes API",
-                kr8s.asyncio.api(
-                    url=self.api_url,
-                    kubeconfig=self.kubeconfig,
-                    context=self.context,
-                    namespace=self.namespace_option,
-                ),
+                "connect to the Kubernetes API", kr8s.asyncio.api(**where)
             )
-            if getattr(api.auth, "token", None):
-                self._secrets.add(api.auth.token)
             api.timeout = self.api_timeout
             self.namespace = self.namespace_option or api.namespace
             self._api = api
@@ -487,36 +457,27 @@ class KubernetesBackend(Backend):
             message = f"no answer within {self.api_timeout:g}s"
         except Exception as e:
             message = _describe(e)
-        where = self._server()
+        server = getattr(self._auth, "server", None) or self.api_url
+        where = f" (API server {server})" if server else ""
         raise KubernetesAPIError(
             self._scrub(f"Kubernetes API: {what} failed{where}: {message}")
         ) from None
 
-    def _server(self) -> str:
-        auth = getattr(self._api, "auth", None)
-        server = getattr(auth, "server", None) or self._server_url
-        return f" (API server {server})" if server else ""
-
     def _scrub(self, text: str) -> str:
-        """``text`` with every known credential and credential-shaped word hidden."""
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        """``text`` with every known credential and credential-shaped word hidden.
+
+        The credentials are read from kr8s's auth objects each time: kr8s
+        authenticates again when a token expires.
+        """
+        auths = [self._auth, getattr(self._api, "auth", None)]
+        secrets = {s for auth in auths if auth is not None for s in _credentials(auth)}
+        for secret in sorted(secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
         text = SECRET_TEXT.sub(lambda m: f"{m.group(1)}***", text)
         return URL_USERINFO.sub("***@", text)
 
-    # -- events and clean-up -----------------------------------------------------------
-
     def _record(self, event: dict[str, Any]) -> None:
         self.log_event({**event, "backend": "kubernetes"})
-
-    def _cancel_background_work(self) -> None:
-        if self._setup is not None and not self._setup.done():
-            self._setup.cancel()
-        for task in list(self._checks):
-            task.cancel()
-        for record in self.pods.values():
-            if record.timer is not None:
-                record.timer.cancel()
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -560,54 +521,12 @@ def _describe(error: BaseException) -> str:
     return f"HTTP {status}: {text}" if status else f"{type(error).__name__}: {text}"
 
 
-def _kubeconfig_facts(
-    kubeconfig: str | None, context: str | None
-) -> tuple[set[str], str | None]:
-    """The credentials to hide and the API server's URL, from kubeconfig files.
-
-    Read before the first API call, so that even an error from connecting
-    can be cleaned of every credential; the service account token counts too.
-    """
-    paths = (kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config").split(":")
-    configs = [c for c in map(_read_quietly, paths) if isinstance(c, Mapping)]
-    secrets = {
-        secret
-        for config in configs
-        for user in config.get("users") or []
-        for secret in _secret_values((user or {}).get("user"))
-    }
-    token = _read_quietly(SERVICE_ACCOUNT_TOKEN, parse=False)
-    if isinstance(token, str) and token.strip():
-        secrets.add(token.strip())
-    return {s for s in secrets if len(s) >= 4}, _server_of(configs, context)
-
-
-def _read_quietly(path: str, parse: bool = True) -> Any:
-    """A file's YAML (or text); ``None`` if it cannot be read."""
-    try:
-        with open(os.path.expanduser(path)) as f:
-            return yaml.safe_load(f) if parse else f.read()
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def _server_of(configs: list[Mapping[str, Any]], context: str | None) -> str | None:
-    """The API server of ``context`` (default: the current context)."""
-    current = context or next(
-        (c["current-context"] for c in configs if c.get("current-context")), None
-    )
-    contexts = {
-        x.get("name"): x.get("context") or {}
-        for c in configs
-        for x in c.get("contexts") or []
-    }
-    clusters = {
-        x.get("name"): x.get("cluster") or {}
-        for c in configs
-        for x in c.get("clusters") or []
-    }
-    cluster = clusters.get(contexts.get(current, {}).get("cluster"), {})
-    return cluster.get("server")
+def _credentials(auth: KubeAuth) -> set[str]:
+    """The secrets a kr8s auth object authenticates with: its token (from the
+    kubeconfig, an exec plugin or the service account) and the secret values
+    of the kubeconfig's user (key data, passwords...)."""
+    found = [auth.token or "", *_secret_values(auth._user)]
+    return {secret.strip() for secret in found if len(secret.strip()) >= 4}
 
 
 def _secret_values(node: Any, secret: bool = False) -> Iterable[str]:
@@ -628,31 +547,25 @@ def _load_pod_template(value: Any) -> dict[str, Any]:
     """The template Pod, from a mapping or a YAML file, checked."""
     if value is None:
         return {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{}]}}
-    if isinstance(value, (str, os.PathLike)):
-        value = _read_yaml("pod_template", value)
     accepted = "a Pod manifest with spec.containers (a mapping or a YAML file path)"
-    if not isinstance(value, Mapping):
+    if isinstance(value, (str, os.PathLike)):
+        try:
+            with open(os.path.expanduser(value)) as f:
+                value = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as e:
+            raise invalid(
+                "pod_template", str(value), f"{accepted} ({e})", backend_option=True
+            ) from None
+    spec = value.get("spec") if isinstance(value, Mapping) else None
+    containers = spec.get("containers") if isinstance(spec, Mapping) else None
+    if (
+        not isinstance(containers, list)
+        or not containers
+        or not all(isinstance(c, Mapping) for c in containers)
+        or value.get("kind", "Pod") != "Pod"
+    ):
         raise invalid("pod_template", value, accepted, backend_option=True)
-    pod = copy.deepcopy(dict(value))
-    containers = (pod.get("spec") or {}).get("containers")
-    if not containers or not isinstance(containers, list):
-        raise invalid("pod_template", value, accepted, backend_option=True)
-    if not all(isinstance(c, Mapping) for c in containers):
-        raise invalid("pod_template", value, accepted, backend_option=True)
-    if pod.get("kind", "Pod") != "Pod":
-        raise invalid("pod_template", value, accepted, backend_option=True)
-    pod.update(apiVersion="v1", kind="Pod")
-    return pod
-
-
-def _read_yaml(name: str, path: Any) -> Any:
-    try:
-        with open(os.path.expanduser(path)) as f:
-            return yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise invalid(
-            name, str(path), f"a readable YAML file ({e})", backend_option=True
-        ) from None
+    return {**copy.deepcopy(dict(value)), "apiVersion": "v1", "kind": "Pod"}
 
 
 def _apply_container_options(
