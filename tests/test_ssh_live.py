@@ -246,6 +246,8 @@ async def test_remote_command_quotes_every_argument(tmp_path: Any) -> None:
         ({"hosts": "a", "worker_args": 3}, "worker_args"),
         ({"hosts": "a", "death_timeout": "soon"}, "death_timeout"),
         ({"hosts": "a", "connect_timeout": 0}, "connect_timeout"),
+        ({"hosts": "a", "connect_options": "port=22"}, "connect_options"),
+        ({"hosts": "a", "connect_options": {"no_such_option": 1}}, "connect_options"),
     ],
 )
 def test_bad_options_name_the_option(options: dict[str, Any], option: str) -> None:
@@ -253,6 +255,13 @@ def test_bad_options_name_the_option(options: dict[str, Any], option: str) -> No
     with pytest.raises(ValueError, match=rf"backend option {option} .*{kebab}=") as e:
         SSHBackend(None, **options)  # type: ignore[arg-type]
     assert "expected" in str(e.value)
+
+
+def test_connect_options_errors_name_keys_not_values() -> None:
+    """A password among the connect options never shows in an error."""
+    with pytest.raises(ValueError, match=r"connect_options .*'bogus', 'password'") as e:
+        SSHBackend(None, hosts="a", connect_options={"password": "s3cret", "bogus": 1})  # type: ignore[arg-type]
+    assert "s3cret" not in str(e.value)
 
 
 def test_an_unknown_option_lists_the_options() -> None:
@@ -369,6 +378,28 @@ async def test_a_hostile_worker_name_reaches_the_worker_unchanged(
             await backend.close()
     await wait_until_gone(pids)
     assert not marker.exists()
+
+
+@pytest.mark.ssh
+@gen_test(timeout=60)
+async def test_connect_options_reach_asyncssh(sshd: LiveSSH) -> None:
+    """Keys, known hosts and timeout come from ``connect_options``; a backend
+    option that is given (``port``) wins over theirs."""
+    options = {"port": sshd.port, "client_keys": [sshd.client_key],
+               "known-hosts": sshd.known_hosts, "connect_timeout": 5}  # fmt: skip
+    async with local_scheduler() as scheduler:
+        backend = SSHBackend(
+            scheduler,
+            hosts=sshd.host,
+            connect_options={**options, "port": 1},
+            port=sshd.port,
+        )
+        assert backend.options.connect_timeout == 5
+        try:
+            await backend.scale_up(1)
+            await wait_until(lambda: len(scheduler.workers) == 1, 30, "the worker")
+        finally:
+            await backend.close()
 
 
 @pytest.mark.ssh

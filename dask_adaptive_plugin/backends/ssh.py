@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,8 @@ class SSHBackend(Backend):
         Each host is listed once; ``workers_per_host`` sets how many workers it
         runs.
     port
-        The SSH port of every host (default 22).
+        The SSH port of every host (default: asyncssh's, 22 or the ``Port`` of
+        ``~/.ssh/config``).
     username
         The remote user (default: asyncssh's default, your local user name or
         the ``User`` of ``~/.ssh/config``).
@@ -94,6 +96,10 @@ class SSHBackend(Backend):
         keys against (default: ``~/.ssh/known_hosts``). ``None`` disables host
         key checking, which lets anyone on the network impersonate a host:
         use it only on trusted networks such as loopback in tests.
+    connect_options
+        Further keyword arguments of :func:`asyncssh.connect` for every host
+        (``{"passphrase": ..., "agent_path": ...}``), as ``connect_options``
+        of distributed's ``SSHCluster``; the options above win over them.
     workers_per_host
         Workers each host runs at most (default 1); the backend's maximum is
         ``len(hosts) * workers_per_host``.
@@ -112,34 +118,25 @@ class SSHBackend(Backend):
     death_timeout
         A worker that loses its scheduler for this long exits by itself.
     connect_timeout
-        How long connecting to one host may take.
+        How long connecting to one host may take (default: that of
+        ``connect_options``, else ``"10s"``).
 
     Notes
     -----
     New workers go to the least-loaded hosts first, and are named
-    ``ssh-<id>-<n>``. Every argument of the remote command is quoted with
-    :func:`shlex.quote`, so no name or address is ever read by the remote
-    shell. One SSH connection per host is kept open and reused.
-
-    Each worker runs in a terminal (a pty) of its own, started as
-    ``echo ...$$; exec python -m distributed.cli.dask_worker ...`` so that the
-    backend learns its PID. To stop one, the backend runs ``kill -TERM PID``
-    over a second channel (OpenSSH ignores SSH signal requests from root);
-    ``dask worker`` then closes cleanly. One still running after
-    ``STOP_GRACE`` seconds has its process group killed and its terminal hung
-    up. If the connection drops, the terminal hangs up and the kernel sends
-    the worker SIGHUP, so no worker outlives its connection.
-
-    OpenSSH allows ``MaxSessions`` (default 10) sessions per connection. Each
-    worker holds one and stopping a worker briefly takes another, so to run
-    more than 9 workers on a host raise ``MaxSessions`` in its sshd_config.
+    ``ssh-<id>-<n>``; one SSH connection per host is kept open and reused.
+    Each worker runs in a terminal of its own, started as ``echo ...$$; exec
+    python -m distributed.cli.dask_worker ...`` (every argument quoted) so that
+    the backend learns its PID: it is stopped by ``kill -TERM PID`` over a
+    second channel (OpenSSH ignores SSH signal requests from root), and if the
+    connection drops, the terminal hangs up and the worker gets SIGHUP.
     """
 
     def __init__(
         self,
         scheduler: Scheduler,
         hosts: Any = None,
-        port: Any = 22,
+        port: Any = None,
         username: Any = None,
         client_keys: Any = None,
         known_hosts: Any = (),
@@ -149,16 +146,18 @@ class SSHBackend(Backend):
         python: Any = sys.executable,
         worker_args: Any = (),
         death_timeout: Any = "60s",
-        connect_timeout: Any = "10s",
+        connect_timeout: Any = None,
+        connect_options: Any = None,
     ) -> None:
         self.scheduler = scheduler
         self.hosts = _parse_hosts(hosts)
-        self.port = parse_count("port", port, low=1, high=65535, backend_option=True)
         self.username = parse_text(
             "username", username, "a user name without spaces", one_word=True
         )
-        self.client_keys = _parse_paths("client_keys", client_keys, "private key")
-        self.known_hosts = _parse_known_hosts(known_hosts)
+        given = _given_connect_options(
+            port, self.username, client_keys, known_hosts, connect_timeout
+        )
+        self.options = _connection_options(connect_options, given)
         self.workers_per_host = parse_count(
             "workers_per_host", workers_per_host, low=1, backend_option=True
         )
@@ -171,9 +170,6 @@ class SSHBackend(Backend):
             "python", python, "the path of the Python executable on the hosts",
             optional=False,
         )  # fmt: skip
-        self.connect_timeout = parse_duration(
-            "connect_timeout", connect_timeout, positive=True, backend_option=True
-        )
         self.workers: dict[str, RemoteWorker] = {}
         self.connections: dict[str, asyncssh.SSHClientConnection] = {}
         self._names = worker_names("ssh")
@@ -379,7 +375,7 @@ class SSHBackend(Backend):
         if connection is not None and not connection.is_closed():
             return connection
         try:
-            connection = await asyncssh.connect(host, **self._connect_options())
+            connection = await asyncssh.connect(host, options=self.options)
         except CONNECT_ERRORS as e:
             raise ConnectionError(
                 f"cannot connect to {self._where(host)}: {_reason(e)}"
@@ -387,22 +383,9 @@ class SSHBackend(Backend):
         self.connections[host] = connection
         return connection
 
-    def _connect_options(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`asyncssh.connect`; unset ones are left out."""
-        options: dict[str, Any] = {
-            "port": self.port,
-            "known_hosts": self.known_hosts,
-            "connect_timeout": self.connect_timeout,
-        }
-        if self.username is not None:
-            options["username"] = self.username
-        if self.client_keys is not None:
-            options["client_keys"] = self.client_keys
-        return options
-
     def _where(self, host: str) -> str:
         user = self.username or "the default user"
-        return f"{host} port {self.port} as {user}"
+        return f"{host} port {self.options.port} as {user}"
 
 
 # -- placement -----------------------------------------------------------------------------
@@ -511,10 +494,69 @@ def _parse_paths(
     return [os.path.expanduser(path) for path in paths]
 
 
-def _parse_known_hosts(value: Any) -> Any:
-    """``()`` (asyncssh's default), ``None`` (no checking), or paths of files."""
-    if isinstance(value, tuple) and not value:
-        return ()
-    return _parse_paths(
-        "known_hosts", value, "known_hosts", ", or None to disable host key checking"
-    )
+def _given_connect_options(
+    port: Any,
+    username: str | None,
+    client_keys: Any,
+    known_hosts: Any,
+    connect_timeout: Any,
+) -> dict[str, Any]:
+    """The asyncssh options among the backend options, checked; those not
+    given (``None``; ``()`` for ``known_hosts``) are left out."""
+    given: dict[str, Any] = {}
+    if port is not None:
+        given["port"] = parse_count(
+            "port", port, low=1, high=65535, backend_option=True
+        )
+    if username is not None:
+        given["username"] = username
+    if client_keys is not None:
+        given["client_keys"] = _parse_paths("client_keys", client_keys, "private key")
+    if known_hosts != ():  # None: no host key checking
+        given["known_hosts"] = _parse_paths(
+            "known_hosts",
+            known_hosts,
+            "known_hosts",
+            ", or None to disable host key checking",
+        )
+    if connect_timeout is not None:
+        given["connect_timeout"] = parse_duration(
+            "connect_timeout", connect_timeout, positive=True, backend_option=True
+        )
+    return given
+
+
+def _connection_options(
+    connect_options: Any, given: dict[str, Any]
+) -> asyncssh.SSHClientConnectionOptions:
+    """asyncssh's options for every host: ``connect_options`` (with a
+    ``connect_timeout`` of 10 s), then the backend options ``given`` over them.
+
+    Messages name the keys of ``connect_options``, never its values (a
+    ``password`` or ``passphrase`` may be among them).
+    """
+    if connect_options is None:
+        connect_options = {}
+    if not isinstance(connect_options, Mapping) or not all(
+        isinstance(key, str) for key in connect_options
+    ):
+        raise invalid(
+            "connect_options", connect_options,
+            "a mapping of asyncssh.connect keyword arguments", backend_option=True,
+        )  # fmt: skip
+    extra = {key.replace("-", "_"): v for key, v in connect_options.items()}
+    try:
+        base = asyncssh.SSHClientConnectionOptions(**{"connect_timeout": 10, **extra})
+    except (TypeError, ValueError, *CONNECT_ERRORS) as e:
+        raise invalid(
+            "connect_options", sorted(extra),
+            f"keyword arguments of asyncssh.connect ({_reason(e)})",
+            backend_option=True,
+        ) from None  # fmt: skip
+    try:
+        return asyncssh.SSHClientConnectionOptions(base, **given)
+    except (ValueError, *CONNECT_ERRORS) as e:  # a key file asyncssh cannot read
+        raise invalid(
+            "client_keys", given.get("client_keys"),
+            f"private keys asyncssh can read ({_reason(e)})", backend_option=True,
+        ) from None  # fmt: skip
