@@ -280,17 +280,12 @@ class Controller:
             await self.refresh()
             if any(self.ledger.pool_of(a) is not None for a in down.workers):
                 return True  # decide again, now that they have a pool
-        now = self.now()
-        hold_until = now + self._idle_timeout(down.pool)
         eligible = retire.retirable(self.scheduler, down.workers)
-        # Not retirable now (a veto, a running task): not chosen again before
-        # another idle timeout. A worker whose batch-job mates are not idle
-        # long enough yet keeps its place: they are chosen together later.
-        self.ledger.kept(set(down.workers) - set(eligible), until=hold_until)
-        workers = retire.whole_units(backend, eligible)
+        workers = self.planner.retiring(
+            down, eligible, retire.whole_units(backend, eligible), self.now()
+        )
         if not workers:
             return False
-        self.ledger.retiring(workers)
         stimulus_id = f"adaptive-retire-{time.time()}"
         try:
             retired, why_kept = await retire.move_data_away(
@@ -299,28 +294,9 @@ class Controller:
         except BaseException:
             self.ledger.kept(workers, until=self.now())  # the planner holds them
             raise
-        kept = sorted(set(workers) - set(retired))
-        self.ledger.kept(kept, until=self.now() + self._idle_timeout(down.pool))
-        if kept:
-            self.record(
-                {
-                    "status": "kept",
-                    "pool": down.pool,
-                    "workers": kept,
-                    "reason": why_kept,
-                }
-            )
+        self.planner.retired(down, workers, retired, why_kept, self.now())
         if not retired:
             return False
-        self.record(
-            {
-                "status": "down",
-                "pool": down.pool,
-                "workers": retired,
-                "reason": down.reason,
-                "cause": down.cause,
-            }
-        )
         try:
             if backend is not None:
                 await call_backend(
@@ -329,12 +305,6 @@ class Controller:
         finally:
             await retire.remove_from_scheduler(self.scheduler, retired, stimulus_id)
         return True
-
-    def _idle_timeout(self, pool: str | None) -> float:
-        p = self.planner.by_name.get(pool) if pool is not None else None
-        if p is not None:
-            return p.pool.idle_timeout
-        return min((q.pool.idle_timeout for q in self.planner.pools), default=0.0)
 
     # -- life cycle ---------------------------------------------------------------------
 

@@ -358,6 +358,58 @@ class Planner:
             self._vanished(pool, reconciled.vanished, now)
         return reconciled
 
+    # -- retiring ------------------------------------------------------------------------
+
+    def retiring(
+        self, down: Down, eligible: list[str], workers: list[str], now: float
+    ) -> list[str]:
+        """Before moving data away: of the chosen workers, those ``eligible``
+        now, and of them the ``workers`` that go (whole batch jobs).
+
+        A worker not eligible (a veto, a running task) is not chosen again
+        before another idle timeout; one whose batch-job mates are not idle
+        long enough yet keeps its place, to be chosen with them later.
+        Returns the workers to retire, now marked retiring.
+        """
+        hold_until = now + self.idle_timeout(down.pool)
+        self.ledger.kept(set(down.workers) - set(eligible), until=hold_until)
+        self.ledger.retiring(workers)
+        return workers
+
+    def retired(
+        self,
+        down: Down,
+        workers: list[str],
+        retired: list[str],
+        why_kept: str,
+        now: float,
+    ) -> None:
+        """After moving data away: ``retired`` go, the others are kept (and
+        held for an idle timeout); both are recorded."""
+        kept = sorted(set(workers) - set(retired))
+        self.ledger.kept(kept, until=now + self.idle_timeout(down.pool))
+        if kept:
+            self.record(
+                {"status": "kept", "pool": down.pool, "workers": kept, "reason": why_kept}
+            )
+        if retired:
+            self.record(
+                {
+                    "status": "down",
+                    "pool": down.pool,
+                    "workers": list(retired),
+                    "reason": down.reason,
+                    "cause": down.cause,
+                }
+            )
+
+    def idle_timeout(self, pool: str | None) -> float:
+        """A pool's idle timeout; for workers no pool claims, the shortest."""
+        p = self.by_name.get(pool) if pool is not None else None
+        if p is not None:
+            return p.pool.idle_timeout
+        return min((q.pool.idle_timeout for q in self.pools), default=0.0)
+
     def _check_launched(
         self, up: Up, requested: list[Entry], reconciled: Reconciled, now: float
     ) -> None:
