@@ -38,6 +38,7 @@ def plugin_from_cli(
     adaptive_retire_timeout: str | None = None,
     adaptive_option: tuple[str, ...] = (),
     adaptive_policy_option: tuple[str, ...] = (),
+    adaptive_record_trace: str | None = None,
 ) -> AdaptivePlugin:
     """Build the plugin from command-line values; ``ValueError`` if one is bad."""
     from dask_adaptive_plugin.plugin import AdaptivePlugin
@@ -59,6 +60,7 @@ def plugin_from_cli(
         start_timeout=adaptive_start_timeout,
         retire_timeout=adaptive_retire_timeout,
         backend_options=backend_options or None,
+        record_trace=adaptive_record_trace,
         **{k.replace("-", "_"): v for k, v in policy_options.items()},
     )
 
@@ -99,6 +101,11 @@ class _ValidatingCommand(click.Command):
     multiple=True,
     metavar="KEY=VALUE",
     help="A policy option; repeatable. Example: target-duration=5s",
+)
+@click.option(
+    "--adaptive-record-trace",
+    metavar="FILE.jsonl",
+    help="Record a trace of the workload for 'dask adaptive simulate'.",
 )
 async def dask_setup(scheduler: Scheduler, **params: Any) -> None:
     """Add the adaptive plugin to a scheduler started with ``--preload``."""

@@ -171,6 +171,8 @@ class Options:
     backend_options: dict[str, Any]
     policy_options: dict[str, Any]
     pools: Any = None
+    #: A file to record a trace of the workload to, for the simulator.
+    record_trace: str | None = None
 
 
 def _pick(name: str, given: Any) -> Any:
@@ -203,6 +205,7 @@ def resolve_options(
     backend_options: Any = None,
     policy_options: Any = None,
     pools: Any = None,
+    record_trace: Any = None,
 ) -> Options:
     """Fill every ``None`` from dask config and validate everything.
 
@@ -244,7 +247,20 @@ def resolve_options(
             **normalise_options("policy_options", policy_options),
         },
         pools=pools if pools is not None else (_pick("pools", None) or None),
+        record_trace=_parse_path("record_trace", _pick("record_trace", record_trace)),
     )
+
+
+def _parse_path(name: str, value: Any) -> str | None:
+    """``None``, or the path of a file whose directory exists."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise invalid(name, value, "the path of a file, or null")
+    path = os.path.abspath(os.path.expanduser(str(value)))
+    if not os.path.isdir(os.path.dirname(path)):
+        raise invalid(name, value, f"a file in a directory that exists ({os.path.dirname(path)} does not)")
+    return path
 
 
 def merge_config_file(path: Any) -> None:

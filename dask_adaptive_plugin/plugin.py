@@ -31,7 +31,7 @@ import dask
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from dask_adaptive_plugin import _compat, metrics, registry
+from dask_adaptive_plugin import _compat, dashboard, metrics, registry
 from dask_adaptive_plugin.backend import Backend, PoolContext
 from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.config import Options, describe, resolve_options
@@ -39,6 +39,7 @@ from dask_adaptive_plugin.controller import Controller, call_backend
 from dask_adaptive_plugin.planner import Planner, PoolRuntime
 from dask_adaptive_plugin.pools import DEFAULT, Pool, resolve_pools
 from dask_adaptive_plugin.stats import ClusterStats
+from dask_adaptive_plugin.trace import TraceRecorder
 
 if TYPE_CHECKING:
     from distributed import Scheduler
@@ -86,6 +87,9 @@ class AdaptivePlugin(SchedulerPlugin):
         Several pools of workers: pool name -> ``{backend, backend_options,
         minimum, maximum, resources, cost, start_timeout, idle_timeout}``
         (see :class:`~dask_adaptive_plugin.pools.Pool`).
+    record_trace
+        A file to append a trace of the workload to (work becoming runnable,
+        task durations per prefix), which ``dask adaptive simulate`` replays.
     **policy_options
         Keyword arguments for the policy, such as ``target_duration="5s"``.
 
@@ -114,6 +118,7 @@ class AdaptivePlugin(SchedulerPlugin):
         start_timeout: str | float | None = None,
         retire_timeout: str | float | None = None,
         pools: dict[str, dict[str, Any]] | None = None,
+        record_trace: str | None = None,
         **policy_options: Any,
     ) -> None:
         self._arguments = dict(
@@ -126,6 +131,7 @@ class AdaptivePlugin(SchedulerPlugin):
             start_timeout=start_timeout,
             retire_timeout=retire_timeout,
             pools=pools,
+            record_trace=record_trace,
             **policy_options,
         )
         self.options = options = resolve_options(
@@ -139,6 +145,7 @@ class AdaptivePlugin(SchedulerPlugin):
             backend_options=backend_options,
             policy_options=policy_options,
             pools=pools,
+            record_trace=record_trace,
         )
         self.pools: tuple[Pool, ...] = resolve_pools(
             options.pools,
@@ -168,6 +175,7 @@ class AdaptivePlugin(SchedulerPlugin):
         self.stats: ClusterStats | None = None
         self.planner: Planner | None = None
         self.controller: Controller | None = None
+        self.trace: TraceRecorder | None = None
         self._tasks = BackgroundTasks("adaptive plugin")
         self._failed_hooks: set[str] = set()
         #: Decisions and errors so far, for metrics.
@@ -260,6 +268,7 @@ class AdaptivePlugin(SchedulerPlugin):
         await self.controller.refresh()  # workers its backends already run
         self.controller.start()
         metrics.attach(self)
+        dashboard.attach(self)
         self._tasks.spawn(
             self._watch_membership(), "watching the plugin's registration"
         )
@@ -289,6 +298,8 @@ class AdaptivePlugin(SchedulerPlugin):
         check_bounds(self.options, runtimes)
         loop = asyncio.get_running_loop()
         self.stats = ClusterStats(scheduler, loop.time)
+        if self.options.record_trace is not None:
+            self.trace = TraceRecorder(self.options.record_trace, loop.time)
         self.planner = Planner(
             runtimes,
             self.policy,
@@ -341,10 +352,13 @@ class AdaptivePlugin(SchedulerPlugin):
         try:
             self.controller = None  # the hooks go quiet
             metrics.detach(self)
+            dashboard.detach(self)
             await controller.close()
             self._record({"status": "stopped", "reason": reason})
             await close_backends(self.backends, self.pools)
             await self._tasks.cancel(keep=asyncio.current_task())
+            if self.trace is not None:
+                self.trace.close()
         finally:
             self._stopping.set_result(None)
             self._stopping = None
@@ -368,9 +382,16 @@ class AdaptivePlugin(SchedulerPlugin):
             return
         try:
             self.stats.transition(key, start, finish, kwargs.get("worker"))  # type: ignore[union-attr]
+            if self.trace is not None:
+                self._trace(key, start, finish, kwargs)
             controller.poke()
         except Exception:
             self._hook_failed("transition")
+
+    def _trace(self, key: Any, start: str, finish: str, kwargs: dict[str, Any]) -> None:
+        ts = self.scheduler.tasks.get(key)  # type: ignore[union-attr]
+        if ts is not None:
+            self.trace.transition(ts, start, finish, kwargs)  # type: ignore[union-attr]
 
     def update_graph(self, scheduler: Scheduler, **kwargs: Any) -> None:
         controller = self.controller
