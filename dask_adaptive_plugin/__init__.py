@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend, PoolContext
 from dask_adaptive_plugin.config import load_defaults
+from dask_adaptive_plugin.hints import request_workers
 from dask_adaptive_plugin.plugin import AdaptivePlugin
 from dask_adaptive_plugin.policy import (
     AdaptivePolicy,
@@ -43,6 +44,7 @@ __all__ = [
     "Supply",
     "Up",
     "dask_setup",
+    "request_workers",
 ]
 
 load_defaults()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dask_adaptive_plugin.ledger import (
@@ -92,6 +92,15 @@ class PoolState:
 
 
 @dataclass(frozen=True)
+class Hint:
+    """A floor of ``n`` workers (in ``pool``, or in all) until ``until``."""
+
+    n: int
+    pool: str | None
+    until: float
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """One evaluation's outcome: what to do, and when to look again."""
 
@@ -144,14 +153,20 @@ class Planner:
         self.evaluations = 0
         #: Pools whose workers arrived without their declared resources.
         self.misconfigured: set[str] = set()
+        #: Floors asked for by users who know what is coming.
+        self.hints: list[Hint] = []
 
     # -- the view the policy gets -------------------------------------------------------
 
     def supply(self, now: float) -> Supply:
         ledger = self.ledger
+        floors = self._floors(now)
         return Supply(
-            pools=tuple(self._pool_supply(p, now) for p in self.pools),
-            minimum=self.minimum,
+            pools=tuple(
+                replace(self._pool_supply(p, now), floor=floors.get(p.name, 0))
+                for p in self.pools
+            ),
+            minimum=max(self.minimum, floors.get(None, 0)),
             maximum=self.maximum,
             unmanaged=ledger.count(None, RUNNING, RETIRING),
             pool_of=_PoolOf(ledger.by_address),
@@ -177,6 +192,50 @@ class Planner:
             startup=latency.median,
             startup_p90=latency.p90,
         )
+
+    # -- hints --------------------------------------------------------------------------
+
+    def request(self, n: int, pool: str | None, duration: float, now: float) -> Hint:
+        """Keep at least ``n`` workers (in ``pool``, or in all pools) for
+        ``duration`` seconds: a user who knows work is coming."""
+        if pool is not None and pool not in self.by_name:
+            raise ValueError(
+                f"unknown pool {pool!r} in a request for workers; the pools are "
+                f"{', '.join(self.by_name)}"
+            )
+        hint = Hint(n, pool, now + duration)
+        self.hints.append(hint)
+        where = f"pool {pool}" if pool is not None else "all pools"
+        self.record(
+            {
+                "status": "request",
+                "n": n,
+                "pool": pool,
+                "for": duration,
+                "cause": "minimum",
+                "reason": f"a client asked for at least {n} workers in {where} "
+                f"for {duration:g}s",
+            }
+        )
+        return hint
+
+    def _floors(self, now: float) -> dict[str | None, int]:
+        """The floors of the hints in force; expired ones are dropped, and said."""
+        expired = [h for h in self.hints if h.until <= now]
+        for hint in expired:
+            self.hints.remove(hint)
+            self.record(
+                {
+                    "status": "request-expired",
+                    "n": hint.n,
+                    "pool": hint.pool,
+                    "reason": f"the request for {hint.n} workers has expired",
+                }
+            )
+        floors: dict[str | None, int] = {}
+        for hint in self.hints:
+            floors[hint.pool] = max(hint.n, floors.get(hint.pool, 0))
+        return floors
 
     def available(self, pool: str, now: float) -> bool:
         """Whether ``pool`` may be asked for workers now."""
@@ -220,6 +279,7 @@ class Planner:
 
     def _deadline(self, plan: Plan, now: float) -> float | None:
         deadlines = [plan.deadline, self.ledger.next_deadline()]
+        deadlines += [hint.until for hint in self.hints]
         for name, state in self.state.items():
             for t in (state.not_before, state.cooldown_until):
                 if t > now:

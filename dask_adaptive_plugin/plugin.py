@@ -31,7 +31,7 @@ import dask
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from dask_adaptive_plugin import _compat, dashboard, metrics, registry
+from dask_adaptive_plugin import _compat, dashboard, hints, metrics, registry
 from dask_adaptive_plugin.backend import Backend, PoolContext
 from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.config import Options, describe, resolve_options
@@ -437,16 +437,36 @@ class AdaptivePlugin(SchedulerPlugin):
             self._hook_failed("restart")
 
     def log_event(self, topic: str, msg: Any) -> None:
-        """Workers say when they are leaving on purpose: not crashes."""
+        """Workers say when they are leaving on purpose (not crashes), and
+        clients ask for workers they know they will need (``request_workers``)."""
         controller = self.controller
         if controller is None or not isinstance(msg, dict):
             return
         try:
+            if topic == hints.TOPIC:
+                self._request(controller, msg)
+                return
             why = _expected_departure(msg)
             if why is not None:
                 controller.ledger.expect_departure(topic, why)
         except Exception:
             self._hook_failed("log_event")
+
+    def _request(self, controller: Controller, msg: dict[str, Any]) -> None:
+        try:
+            n, pool, duration = hints.parse_request(msg)
+            controller.planner.request(n, pool, duration, controller.now())
+        except ValueError as e:
+            self._record(
+                {
+                    "status": "error",
+                    "action": "request",
+                    "error": str(e),
+                    "reason": "a request for workers was refused",
+                }
+            )
+            return
+        controller.poke()
 
     def _hook_failed(self, hook: str) -> None:
         """Log once per hook; recount the statistics (rate-limited)."""

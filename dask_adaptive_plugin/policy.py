@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,10 +68,17 @@ class PoolSupply:
     lacks: frozenset[str] = frozenset()
     startup: float | None = None
     startup_p90: float | None = None
+    #: Workers asked for by a hint (``request_workers``) until it expires.
+    floor: int = 0
 
     @property
     def name(self) -> str:
         return self.pool.name
+
+    @property
+    def minimum(self) -> int:
+        """The pool's ``minimum``, or a hint's floor if higher."""
+        return max(self.pool.minimum, self.floor)
 
     @property
     def supply(self) -> int:
@@ -241,14 +248,14 @@ def allocate(demands: list[Demand], supply: Supply, floor: int = 0) -> Allocatio
     for demand, fitting, want in left:
         room -= _grow(result, _growable(fitting, demand), demand, want, room)
     for p in supply.pools:
-        if not p.pool.minimum:
+        if not p.minimum:
             continue  # a minimum of 0 keeps and adds no worker
         floor_p = Demand(
             {},
             0,
-            f"minimum of pool {p.name} is {p.pool.minimum}",
+            f"minimum of pool {p.name} is {p.minimum}",
             "minimum",
-            p.pool.minimum,
+            p.minimum,
         )
         want = _keep(result, free, [p], floor_p, minus=result.desired(p.name))
         room -= _grow(result, [p], floor_p, want, room)
@@ -378,12 +385,13 @@ def choose_idle_workers(
     surplus: Mapping[str | None, int],
     now: float,
     memory_threshold: float | None = None,
+    timeouts: Mapping[str | None, float] | None = None,
 ) -> tuple[dict[str | None, list[str]], float | None]:
     """Pick, per pool, up to ``surplus[pool]`` idle workers to retire, and when
     to look again.
 
-    Candidates are workers idle for at least their pool's ``idle_timeout``
-    and not held back; those of the dearest pools go first, within a pool
+    Candidates are workers idle for at least their pool's idle timeout
+    (``timeouts``, by default each pool's ``idle_timeout``) and not held back; those of the dearest pools go first, within a pool
     those holding the least data, and no more go than keeps the stored data
     under ``memory_threshold`` of the remaining workers' memory (one worker
     always stays while there is data to hold). Costs O(idle workers past the
@@ -401,7 +409,7 @@ def choose_idle_workers(
     budget = snapshot.workers - 1 if snapshot.stored_bytes else snapshot.workers
     if not surplus or budget <= 0:
         return {}, None  # only an event can change that: no deadline needed
-    timeouts = _idle_timeouts(supply)
+    timeouts = timeouts if timeouts is not None else _idle_timeouts(supply)
     shortest = min(timeouts[pool] for pool in surplus)
     expired: dict[str | None, list[str]] = {}
     deadline = None
@@ -460,8 +468,9 @@ def downs_of(
     supply: Supply,
     why: str,
     cause: str = "idle",
+    timeouts: Mapping[str | None, float] | None = None,
 ) -> tuple[Down, ...]:
-    timeouts = _idle_timeouts(supply)
+    timeouts = timeouts if timeouts is not None else _idle_timeouts(supply)
     return tuple(
         Down(
             pool,
@@ -496,8 +505,16 @@ class AdaptivePolicy(Policy):
       of the workers' memory limits.
     - Serve it from the pools that fit, cheapest first (:func:`allocate`).
     - Shrink by retiring the idle workers beyond that, the dearest pools'
-      first, once they have been idle for their pool's ``idle_timeout``,
-      keeping memory under the threshold.
+      first, keeping memory under the threshold, once they have been idle
+      for their pool's *retention*: the pool's measured start-up latency,
+      scaled by how much cheaper the cheapest pool is (the break-even of the
+      ski-rental problem: an idle worker costs its price per second; letting
+      it go costs a start-up's wait when work comes back), and never less
+      than its ``idle_timeout``.
+    - Never shrink a pool below the most it wanted within its *stabilization
+      window*, ``stabilization`` times its measured 90th-percentile start-up
+      latency (as Kubernetes' HPA does with a fixed window): a pause between
+      bursts shorter than a start-up does not give its workers away.
 
     Parameters
     ----------
@@ -508,6 +525,8 @@ class AdaptivePolicy(Policy):
     memory_threshold
         Fraction of the workers' memory limits that stored data may fill
         (default 0.5).
+    stabilization
+        The stabilization window in start-up latencies (default 2; 0: none).
     """
 
     def __init__(
@@ -516,6 +535,7 @@ class AdaptivePolicy(Policy):
         target_duration: Any = "5s",
         scale_factor: Any = 2,
         memory_threshold: Any = 0.5,
+        stabilization: Any = 2,
     ) -> None:
         self.target_duration = parse_duration("target_duration", target_duration)
         if self.target_duration <= 0:
@@ -524,6 +544,10 @@ class AdaptivePolicy(Policy):
         self.memory_threshold = _parse_number(
             "memory_threshold", memory_threshold, "between 0 and 1", 0, 1
         )
+        self.stabilization = _parse_number(
+            "stabilization", stabilization, ">= 0", -1e-12
+        )
+        self.windows: dict[str, StabilizationWindow] = {}
 
     def decide(self, snapshot: Snapshot, supply: Supply, now: float) -> Plan:
         s = snapshot
@@ -534,19 +558,44 @@ class AdaptivePolicy(Policy):
         if memory > supply.minimum:
             _rename_floor(allocation, memory_why, "memory")
         why = self.summary(s)
+        desired = {p.name: allocation.desired(p.name) for p in supply.pools}
+        surplus, window_ends = self.stabilized_surplus(allocation, supply, desired, now)
+        timeouts = retention_timeouts(supply)
         chosen, deadline = choose_idle_workers(
-            s, supply, surplus_of(allocation, supply), now, self.memory_threshold
+            s, supply, surplus, now, self.memory_threshold, timeouts
         )
+        for end in window_ends:
+            deadline = _earliest(deadline, end)
         return Plan(
             ups=ups_of(allocation, supply),
-            downs=downs_of(chosen, supply, why),
-            desired={p.name: allocation.desired(p.name) for p in supply.pools},
+            downs=downs_of(chosen, supply, why, timeouts=timeouts),
+            desired=desired,
             unsatisfiable=tuple(
                 n for n in s.needs if n.resources in allocation.unsatisfiable
             ),
             reason=why,
             deadline=deadline,
         )
+
+    def stabilized_surplus(
+        self,
+        allocation: Allocation,
+        supply: Supply,
+        desired: Mapping[str, int],
+        now: float,
+    ) -> tuple[dict[str | None, int], list[float]]:
+        """Per pool, workers beyond the most it wanted within its window; and
+        when windows that hold workers now end (to look again then)."""
+        surplus = surplus_of(allocation, supply)
+        ends = []
+        for p in supply.pools:
+            length = self.stabilization * (p.startup_p90 or 0.0)
+            window = self.windows.setdefault(p.name, StabilizationWindow())
+            most = window.add(now, desired[p.name], length)
+            if most > desired[p.name] and surplus[p.name] > 0:
+                surplus[p.name] = max(0, p.supply - most)
+                ends.append(window.ends(length))
+        return surplus, ends
 
     def demand_of(self, need: Need, s: Snapshot) -> Demand:
         """Threads that finish ``need`` within the target duration."""
@@ -624,6 +673,50 @@ class FixedPolicy(Policy):
             reason=reason,
             deadline=deadline,
         )
+
+
+class StabilizationWindow:
+    """The most a pool wanted over a sliding window: O(1) amortised per add.
+
+    A deque of ``(time, desired)`` with desired strictly decreasing, so its
+    first entry is the window's maximum.
+    """
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, desired: int, length: float) -> int:
+        """Record ``desired`` at ``now``; the most within ``length`` seconds."""
+        entries = self.entries
+        while entries and entries[-1][1] <= desired:
+            entries.pop()
+        entries.append((now, desired))
+        while len(entries) > 1 and entries[0][0] <= now - length:
+            entries.popleft()  # the newest always stays: it is now
+        return entries[0][1]
+
+    def ends(self, length: float) -> float:
+        """When the window's current maximum drops out of it."""
+        return self.entries[0][0] + length
+
+
+def retention_timeouts(supply: Supply) -> dict[str | None, float]:
+    """Per pool, how long an idle worker is kept: its measured start-up
+    latency, scaled by the cheapest pool's cost over its own (a dear idle
+    worker is kept for less), never below its ``idle_timeout``.
+
+    The ski-rental break-even: keeping an idle worker costs its price per
+    second; giving it away costs, if work comes back, a start-up's wait.
+    Holding for one start-up time is within twice the best choice made
+    knowing the future. Until a pool has a measurement, its ``idle_timeout``.
+    """
+    cheapest = min((p.pool.cost for p in supply.pools), default=1.0)
+    timeouts: dict[str | None, float] = {}
+    for p in supply.pools:
+        hold = (p.startup or 0.0) * cheapest / p.pool.cost
+        timeouts[p.name] = max(p.pool.idle_timeout, hold)
+    timeouts[None] = min(timeouts.values(), default=0.0)
+    return timeouts
 
 
 def _rename_floor(allocation: Allocation, reason: str, cause: str) -> None:

@@ -390,3 +390,66 @@ def test_fixed_policy_defaults_to_the_global_minimum_and_keeps_the_maximum():
 def test_bad_policy_options_name_the_option(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdaptivePolicy(**kwargs)
+
+
+# -- what a worker costs: retention and the stabilization window ---------------------------
+
+
+def measured(startup: float, p90: float | None = None, cost: float = 1.0, **kw) -> PoolSupply:
+    return PoolSupply(
+        pool(idle_timeout=2.0, cost=cost, resources={}, **kw.pop("pool", {})),
+        startup=startup,
+        startup_p90=p90 if p90 is not None else startup,
+        **kw,
+    )
+
+
+def test_an_idle_worker_is_kept_for_about_one_start_up_time():
+    from dask_adaptive_plugin.policy import retention_timeouts
+
+    slow = Supply((measured(30.0),))
+    assert retention_timeouts(slow)["default"] == 30.0
+    # a start-up faster than idle_timeout: idle_timeout is the floor
+    fast = Supply((measured(0.5),))
+    assert retention_timeouts(fast)["default"] == 2.0
+    # scaled by cost: a worker 5 times dearer is kept a fifth as long
+    cheap = PoolSupply(pool("cheap", resources={}, cost=1, idle_timeout=2), startup=30)
+    dear = PoolSupply(pool("dear", resources={}, cost=5, idle_timeout=2), startup=30)
+    assert retention_timeouts(Supply((cheap, dear))) == {"cheap": 30, "dear": 6, None: 6}
+
+
+def test_retention_decides_when_an_idle_worker_goes():
+    s = Snapshot(**idle_cluster(1, since=100.0))
+    supply = Supply((measured(30.0, running=1),), pool_of={"w0": "default"})
+    early = decide(AdaptivePolicy(stabilization=0), s, supply, now=110)
+    assert not early.downs and early.deadline == 130
+    [down] = decide(AdaptivePolicy(stabilization=0), s, supply, now=130).downs
+    assert down.workers == ("w0",) and "idle for 30s" in down.reason
+
+
+def test_the_stabilization_window_keeps_what_was_wanted_lately():
+    policy = AdaptivePolicy()  # a window of 2 start-up latencies (p90): 20 s
+    supply = Supply((measured(2.0, p90=10.0, running=3),), pool_of={f"w{i}": "default" for i in range(3)})
+    busy = Snapshot(workers=3, nthreads=3, processing=3, needs=(plain(3, 30, 0),))
+    assert not decide(policy, busy, supply, now=100).downs  # wants 3
+    idle = Snapshot(**idle_cluster(3, since=101.0))
+    held = decide(policy, idle, supply, now=110)  # idle 9 s, past the 2 s retention
+    assert not held.downs
+    assert held.deadline == 120  # when the window forgets the 3
+    [down] = decide(policy, idle, supply, now=120).downs
+    assert len(down.workers) == 3
+
+
+def test_without_a_measurement_there_is_no_window_and_idle_timeout_rules():
+    policy = AdaptivePolicy()
+    supply = one_pool(running=2, idle_timeout=2)
+    busy = Snapshot(workers=2, nthreads=2, processing=2, needs=(plain(2, 20, 0),))
+    decide(policy, busy, supply, now=100)
+    [down] = decide(policy, Snapshot(**idle_cluster(2, since=100.0)), supply, now=102).downs
+    assert len(down.workers) == 2
+
+
+def test_a_hint_floor_keeps_workers_in_its_pool():
+    p = PoolSupply(pool(resources={}), floor=3)
+    [up] = decide(AdaptivePolicy(), Snapshot(workers=0), Supply((p,))).ups
+    assert (up.n, up.cause) == (3, "minimum")
