@@ -13,9 +13,10 @@ from dask_adaptive_plugin.backend import RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import (
     all_or_first_error,
     parse_text,
+    parse_whole,
     worker_names,
 )
-from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
+from dask_adaptive_plugin.config import invalid, parse_duration
 from dask_adaptive_plugin.shell import run_command
 
 if TYPE_CHECKING:
@@ -100,9 +101,7 @@ class CommandBackend(Backend):
             )  # fmt: skip
         self.job_id_pattern = _parse_pattern(job_id_pattern)
         self.needs_job_id = _uses(self.stop, "job_id")
-        self.threads_per_worker = parse_count(
-            "threads_per_worker", threads_per_worker, low=1, backend_option=True
-        )
+        self.threads_per_worker = parse_whole("threads_per_worker", threads_per_worker)
         self.start_timeout, self.command_timeout = (
             parse_duration(name, value, backend_option=True)
             for name, value in [

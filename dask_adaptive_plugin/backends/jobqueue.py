@@ -15,20 +15,11 @@ backend (entry point)      job class                   queue state from
 ``moab``                   ``MoabJob``                 ``qstat``
 =========================  ==========================  ===========================
 
-Identity. A job is named after its worker, ``<cluster name>-<8 hex>-<n>``, where
-the cluster name is the option ``cluster_name``, by default derived from the
-scheduler's address (``tcp://10.0.0.5:8786`` gives ``dask-10-0-0-5-8786``). A
-scheduler restarted at the same address finds the jobs its earlier run left in
-the queue by that name and adopts them: they keep their place in the queue,
-count as workers on their way, and are cancelled with the others.
-
-dask-jobqueue writes the job script and submits it (``Job.start()``, with each
-system's own way: LSF pipes the script to ``bsub``, OAR passes its directives
-as options), reads the job id and knows the cancel command. All of that runs
-commands through its ``Job._call`` helper, which has no timeout: a hung
-``sbatch`` would stall the backend for ever. So each job class here is
-dask-jobqueue's with that helper going through
-:func:`dask_adaptive_plugin.shell.run_command` (:class:`BoundedCommands`).
+dask-jobqueue writes the job script and submits it (``Job.start()``), each
+system its own way, and knows the cancel command; the job classes here are
+dask-jobqueue's with a timeout on its commands (:func:`bounded`). This module
+adds what scaling needs: jobs named after their workers, so that a restarted
+scheduler finds them; the queue's view of them; workers counted per job.
 """
 
 from __future__ import annotations
@@ -36,13 +27,11 @@ from __future__ import annotations
 import asyncio
 import getpass
 import inspect
-import itertools
 import json
 import logging
 import math
 import re
 import shlex
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from time import time
@@ -53,7 +42,7 @@ import dask
 from dask.utils import parse_bytes
 
 from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend
-from dask_adaptive_plugin.backends.workers import parse_cluster_name
+from dask_adaptive_plugin.backends.workers import parse_cluster_name, worker_names
 from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.config import invalid, parse_duration
 from dask_adaptive_plugin.shell import CommandError, run_command
@@ -97,11 +86,10 @@ _NOT_OPTIONS = frozenset(
 class BoundedCommands:
     """Mixed into a dask-jobqueue job class: its commands run with a timeout.
 
-    dask-jobqueue submits and cancels through ``Job._call``, which waits for
-    ever; this one runs :func:`run_command` (a timeout, the process group
-    killed, an error showing the command, its exit code and output).
-    :class:`~dask_adaptive_plugin.shell.CommandError` is a ``RuntimeError``,
-    what dask-jobqueue expects of a failed command.
+    dask-jobqueue runs every command through ``Job._call``, which waits for
+    ever (a hung ``sbatch`` would stall the backend); this one runs
+    :func:`run_command`, whose ``CommandError`` is the ``RuntimeError``
+    dask-jobqueue expects of a failed command.
     """
 
     @staticmethod
@@ -149,23 +137,13 @@ class BatchJob:
 class JobQueueBackend(Backend):
     """Start workers as batch jobs through a dask-jobqueue job class.
 
-    Each job runs ``processes`` workers; the plugin's ``minimum`` and
-    ``maximum`` count workers, and ``scale_up(n)`` submits
-    ``ceil(missing / processes)`` jobs, so up to ``processes - 1`` more workers
-    than asked for may start. A job's workers are retired together
-    (:meth:`stopped_together`) and its job cancelled as a whole.
-
-    Jobs waiting in the queue count as workers on their way: they are never
-    submitted twice and never cancelled to submit others. When the plugin
-    retires workers, jobs still waiting are cancelled too (the cluster has more
-    than it needs). A job waiting longer than ``pending_timeout`` is reported
-    as an event on topic ``"adaptive"`` and, with ``resubmit_pending``,
-    cancelled and submitted again. :meth:`close` cancels every job of its
-    cluster name.
-
-    Jobs of this cluster name that the backend did not submit (an earlier run
-    of a scheduler at this address) are adopted at the first look at the
-    queue, and an event ``{"status": "recovered", "adopted": [...]}`` says so.
+    A job, named ``<cluster name>-<8 hex>-<n>``, runs ``processes`` workers,
+    which are retired together (:meth:`stopped_together`); ``scale_up(n)``
+    submits ``ceil(missing / processes)`` jobs. Jobs waiting in the queue
+    count as workers on their way; they are cancelled when workers are
+    retired. Jobs of this cluster name that an earlier run left are adopted
+    at the first look at the queue (event ``"recovered"``). :meth:`close`
+    cancels every job of the cluster name.
 
     Parameters
     ----------
@@ -239,8 +217,7 @@ class JobQueueBackend(Backend):
         self._tasks = BackgroundTasks(f"{self.system} backend")
         self._check_timer: asyncio.TimerHandle | None = None
         self._closed = False
-        prefix = f"{self.cluster_name}-{uuid.uuid4().hex[:8]}"
-        self._names = (f"{prefix}-{i}" for i in itertools.count())
+        self._names = worker_names(self.cluster_name)
 
     @classmethod
     def check_options(cls, **options: Any) -> None:

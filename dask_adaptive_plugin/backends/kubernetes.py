@@ -434,8 +434,10 @@ class KubernetesBackend(Backend):
         that even an error from the first request is cleaned of them.
         """
         if self._api is None:
-            where = {"url": self.api_url, "kubeconfig": self.kubeconfig,
-                     "context": self.context, "namespace": self.namespace_option}  # fmt: skip
+            where: dict[str, Any] = {
+                "url": self.api_url, "kubeconfig": self.kubeconfig,
+                "context": self.context, "namespace": self.namespace_option,
+            }  # fmt: skip
             auth = KubeAuth(**where)
             await self._call("read the Kubernetes credentials", auth.reauthenticate())
             self._auth = auth

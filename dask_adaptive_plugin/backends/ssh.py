@@ -16,10 +16,11 @@ from dask_adaptive_plugin.backend import RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import (
     WorkerOptions,
     parse_text,
+    parse_whole,
     python_worker,
     worker_names,
 )
-from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
+from dask_adaptive_plugin.config import invalid, parse_duration
 
 try:
     import asyncssh
@@ -158,9 +159,7 @@ class SSHBackend(Backend):
             port, self.username, client_keys, known_hosts, connect_timeout
         )
         self.options = _connection_options(connect_options, given)
-        self.workers_per_host = parse_count(
-            "workers_per_host", workers_per_host, low=1, backend_option=True
-        )
+        self.workers_per_host = parse_whole("workers_per_host", workers_per_host)
         self.maximum = len(self.hosts) * self.workers_per_host
         self.worker = WorkerOptions.parse(
             nthreads, memory_limit, worker_args, death_timeout
@@ -505,9 +504,7 @@ def _given_connect_options(
     given (``None``; ``()`` for ``known_hosts``) are left out."""
     given: dict[str, Any] = {}
     if port is not None:
-        given["port"] = parse_count(
-            "port", port, low=1, high=65535, backend_option=True
-        )
+        given["port"] = parse_whole("port", port, high=65535)
     if username is not None:
         given["username"] = username
     if client_keys is not None:

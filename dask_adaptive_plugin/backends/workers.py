@@ -12,7 +12,7 @@ import shlex
 import uuid
 from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from dask.utils import parse_bytes
 
@@ -45,7 +45,7 @@ class WorkerOptions:
     ) -> WorkerOptions:
         """Check the options; ``ValueError`` names a bad one."""
         return cls(
-            parse_count("nthreads", nthreads, low=1, backend_option=True),  # type: ignore[arg-type]
+            parse_whole("nthreads", nthreads),
             None if memory_limit is None else parse_memory_limit(memory_limit),
             parse_worker_args(worker_args),
             parse_duration("death_timeout", death_timeout, backend_option=True),
@@ -87,6 +87,11 @@ async def all_or_first_error(calls: Iterable[Awaitable[Any]]) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+def parse_whole(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
+    """A whole number from ``low`` to ``high``, a backend option."""
+    return cast(int, parse_count(name, value, low=low, high=high, backend_option=True))
 
 
 def parse_memory_limit(value: Any) -> int | str:
