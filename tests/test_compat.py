@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import sys
 import weakref
 
 import dask
+import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.active_memory_manager import RetireWorker
 from distributed.core import Status
@@ -88,3 +91,82 @@ async def test_a_retirement_can_be_undone_as_the_scheduler_does():
                 await until(lambda: a.status == Status.running)
                 b.block_gather_dep.set()
                 assert await x == 2
+
+
+# -- the dashboard ------------------------------------------------------------------------
+
+
+async def _get(url: str) -> tuple[int, str]:
+    from tornado.httpclient import AsyncHTTPClient
+
+    response = await AsyncHTTPClient().fetch(url, raise_error=False)
+    return response.code, (response.body or b"").decode(errors="replace")
+
+
+def test_the_dashboard_internals_have_the_shapes_used():
+    """``BokehApplication(applications, server, prefix, template_variables)``,
+    the memoized ``template_variables`` with its ``plots``, the ``simple.html``
+    template and ``BOKEH_THEME``, and ``IndividualPlots`` writing one dict."""
+    pytest.importorskip("bokeh")
+    from distributed.dashboard.components.scheduler import BOKEH_THEME, env
+    from distributed.dashboard.core import BokehApplication
+    from distributed.http.routing import RoutingApplication
+    from distributed.http.scheduler.info import IndividualPlots
+
+    assert list(inspect.signature(BokehApplication).parameters) == [
+        "applications",
+        "server",
+        "prefix",
+        "template_variables",
+    ]
+    source = inspect.getsource(sys.modules["distributed.dashboard.scheduler"])
+    assert "@memoize\ndef template_variables(scheduler)" in source
+    assert '"plots"' in source
+    base_html = env.loader.get_source(env, "base.html")[0]
+    assert "{% for plot in plots %}" in base_html
+    assert env.get_template("simple.html") is not None
+    assert BOKEH_THEME is not None
+    assert "self.write(result)" in inspect.getsource(IndividualPlots.get)
+    assert "self.applications = []" in inspect.getsource(RoutingApplication.__init__)
+
+
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_a_second_bokeh_application_serves_pages_in_the_menu():
+    pytest.importorskip("bokeh")
+
+    def page(scheduler, extra, doc):
+        from bokeh.models import Div
+
+        doc.add_root(Div(text="compat-check-page"))
+        _compat.dress_dashboard_page(doc, extra)
+
+    async with Scheduler(
+        host="127.0.0.1", dashboard_address="127.0.0.1:0", http_prefix="/p"
+    ) as s:
+        base = f"http://127.0.0.1:{s.http_server.port}/p"
+        own = _compat.dashboard_application(s)
+        assert own is not None and "/status" in own.app_paths
+        app = _compat.start_dashboard_pages(s, {"/compat-check": page})
+        entry = {"url": "compat-check", "name": "Compat Check"}
+        _compat.dashboard_menu(s).append(entry)
+        rules = _compat.add_individual_plots(s, lambda: {"Compat": "/compat-check"})
+        code, body = await _get(base + "/compat-check")
+        assert code == 200 and "More..." in body  # distributed's navbar page
+        code, body = await _get(base + "/status")  # the menu of the other pages
+        assert '<a href="compat-check">Compat Check</a>' in body
+        plots = json.loads((await _get(base + "/individual-plots.json"))[1])
+        assert plots["Compat"] == "/compat-check"
+        assert plots["Individual Task Stream"] == "/individual-task-stream"
+
+        _compat.remove_routes(s, rules)
+        _compat.dashboard_menu(s).remove(entry)
+        _compat.stop_dashboard_pages(s, app)
+        assert (await _get(base + "/compat-check"))[0] == 404
+        assert "Compat" not in json.loads((await _get(base + "/individual-plots.json"))[1])
+        assert "compat-check" not in (await _get(base + "/status"))[1]
+
+
+@gen_test()
+async def test_no_dashboard_no_bokeh_application():
+    async with Scheduler(dashboard=False, host="127.0.0.1") as s:
+        assert _compat.dashboard_application(s) is None
