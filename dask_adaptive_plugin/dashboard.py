@@ -546,7 +546,7 @@ def summary(sample: Sample) -> str:
                 f" (p90 {format_time(p.startup_p90)})"
             )
         if not p.available:
-            text += "; <i>paused (back-off or fallback)</i>"
+            text += "; <i>paused (back-off, fallback or crash loop)</i>"
         parts.append(text)
     parts.append(f"<b>waiting tasks</b>: {sample.waiting:g}")
     for needs, tasks in sample.unsatisfiable:

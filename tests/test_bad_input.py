@@ -5,10 +5,13 @@ points name themselves and their package, and never break the scheduler."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import dask
 import pytest
@@ -18,6 +21,8 @@ from helpers import until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inprocess import InProcessBackend
+from tornado.httpclient import AsyncHTTPClient
+from tornado.routing import PathMatches, RuleRouter
 
 from dask_adaptive_plugin import AdaptivePlugin, AdaptivePolicy
 from dask_adaptive_plugin.config import (
@@ -235,28 +240,83 @@ async def test_a_backend_answering_nonsense_never_breaks_the_scheduler(broken):
 
 # -- no other way in -----------------------------------------------------------------------
 
+#: What the plugin may add to the scheduler's HTTP server: the Adaptive page
+#: (its Bokeh paths: the page, its websocket, metadata, autoload script,
+#: static files) and its entry in /individual-plots.json.
+READ_ONLY_PAGES = re.compile(
+    r"^/(adaptive|individual-adaptive)(/|\$|$)"
+    r"|^/static/|^/favicon\.ico|^/individual-plots\.json"
+)
 
-def entrances(s: Scheduler) -> dict[str, set[str]]:
-    """Every way into the scheduler: comm handlers, stream handlers, HTTP routes."""
+
+def entrances(s: Scheduler) -> dict[str, Counter[str]]:
+    """Every way into the scheduler: comm handlers, stream handlers, and the
+    HTTP routes of its HTTP application and of the applications it hands
+    requests to (the dashboard's Bokeh applications), each path pattern counted."""
     app = s.http_application
-    rules = [*app.default_router.rules, *app.wildcard_router.rules]
+    routes = http_routes(app)
+    for application in app.applications:
+        routes += http_routes(application)
     return {
-        "handlers": set(s.handlers),
-        "stream_handlers": set(s.stream_handlers),
-        "routes": {repr(rule.matcher) for rule in rules},
+        "handlers": Counter(s.handlers),
+        "stream_handlers": Counter(s.stream_handlers),
+        "routes": routes,
     }
 
 
+def http_routes(app: Any) -> Counter[str]:
+    """The path patterns a tornado application routes, nested routers included."""
+    found: Counter[str] = Counter()
+    routers = [app.default_router, app.wildcard_router]
+    while routers:
+        for rule in routers.pop().rules:
+            if isinstance(rule.matcher, PathMatches):
+                found[rule.matcher.regex.pattern] += 1
+            if isinstance(rule.target, RuleRouter):
+                routers.append(rule.target)
+    return found
+
+
+def example_path(pattern: str) -> str:
+    """A path that ``pattern`` (a tornado route) matches."""
+    return pattern.removesuffix("$").replace("/?", "").replace("(.*)", "x")
+
+
+async def answer(url: str, method: str) -> int:
+    body = b"{}" if method in ("POST", "PUT", "PATCH") else None
+    response = await AsyncHTTPClient().fetch(
+        url, method=method, body=body, raise_error=False, allow_nonstandard_methods=True
+    )
+    return response.code
+
+
 @gen_test(timeout=60, clean_kwargs={"threads": False})
-async def test_the_plugin_opens_no_handler_and_no_route():
-    """It is reached only through the scheduler's own comms (and their TLS)."""
-    async with Scheduler(host="127.0.0.1", dashboard_address=":0") as s:
+async def test_the_plugin_adds_no_handler_and_only_read_only_routes():
+    """It is reached only through the scheduler's own comms (and their TLS);
+    over HTTP it adds only its dashboard page, which answers nothing but GET."""
+    async with Scheduler(host="127.0.0.1", dashboard_address="127.0.0.1:0") as s:
         before = entrances(s)
         assert before["handlers"] and before["routes"]  # the check sees them
-        s.add_plugin(
-            AdaptivePlugin(backend=InProcessBackend, maximum=1, idle_timeout="100ms")
+        plugin = AdaptivePlugin(
+            backend=InProcessBackend, maximum=1, idle_timeout="100ms"
         )
+        s.add_plugin(plugin)
         async with Client(s.address, asynchronous=True) as c:
             assert await c.submit(inc, 1) == 2  # one scale-up, one scale-down
             await until(lambda: not s.workers, what="scaled down")
-        assert entrances(s) == before
+        during = entrances(s)
+        assert during["handlers"] == before["handlers"]
+        assert during["stream_handlers"] == before["stream_handlers"]
+        added = during["routes"] - before["routes"]
+        assert "/adaptive/?$" in added  # the check sees the page
+        assert all(READ_ONLY_PAGES.search(route) for route in added), added
+
+        base = f"http://127.0.0.1:{s.http_server.port}"
+        assert await answer(base + "/adaptive", "GET") == 200
+        for route in added:
+            for method in ("POST", "PUT", "PATCH", "DELETE"):
+                code = await answer(base + example_path(route), method)
+                assert code == 405, (method, route, code)  # GET only
+
+        await plugin.stop()
+        assert entrances(s) == before  # and all of it goes with the plugin

@@ -143,6 +143,34 @@ async def test_without_a_dashboard_nothing_is_added():
             assert await c.submit(inc, 1) == 2
 
 
+@gen_test(timeout=60, clean_kwargs={"threads": False})
+async def test_the_page_has_nothing_the_browser_can_change():
+    """Read-only: no input, button or tool; no Python callback on any model
+    (what the page's websocket could reach); a table that cannot be edited."""
+    from bokeh.document import Document
+    from bokeh.models import Tool
+    from bokeh.models.widgets import AbstractButton, DataTable, InputWidget
+
+    plugin = AdaptivePlugin(pools={"cpu": {"backend": InProcessBackend, "maximum": 1}})
+    async with Scheduler(
+        host="127.0.0.1", dashboard_address="127.0.0.1:0", plugins=[plugin]
+    ) as s:
+        page = dashboard.page_of(plugin)
+        assert page is not None
+        doc = Document()
+        page.full_doc(s, {}, doc)
+        models = list(doc.models)
+        assert doc.get_model_by_name("adaptive-pool-cpu") in models
+        for model in models:
+            assert not isinstance(model, (InputWidget, AbstractButton, Tool)), model
+            assert not model._callbacks and not model._event_callbacks, model
+            assert not model.js_property_callbacks and not model.js_event_callbacks
+        [table] = [m for m in models if isinstance(m, DataTable)]
+        assert not (table.editable or table.selectable or table.sortable)
+        # the only callback: the server's own timer that reads the plugin
+        assert len(doc.session_callbacks) == 1
+
+
 def test_without_bokeh_nothing_fails():
     script = textwrap.dedent(
         """
@@ -190,6 +218,7 @@ function deepAll(selector, root) {
   return found;
 }
 """
+DIVS = DEEP + "return deepAll('div').map(d => d.innerText || '');"
 ROWS = DEEP + "return deepAll('.slick-row').map(r => r.innerText);"
 SUMMARY = (
     DEEP
@@ -342,5 +371,15 @@ async def test_the_page_in_a_browser_after_a_scale_up(browser):
         assert await in_browser(browser.execute_script, CANVASES) >= 2
         assert await in_browser(rows_with, browser, "cpu", "up")  # below newer rows
         save_png(await in_browser(browser.get_screenshot_as_png), SCREENSHOT)
+
+        await plugin.stop()  # the open page says so; a new one is not there
+        await in_browser(
+            wait_in_browser,
+            browser,
+            lambda d: "plugin has stopped" in "".join(d.execute_script(DIVS)),
+            "the page saying that the plugin stopped",
+        )
+        await in_browser(browser.get, base_url(s) + "/adaptive")
+        assert "404" in await in_browser(lambda: browser.title)
     width, height = png_size(SCREENSHOT)
     assert width >= 1000 and height >= 700
