@@ -410,28 +410,15 @@ def choose_idle_workers(
     if not surplus or budget <= 0:
         return {}, None  # only an event can change that: no deadline needed
     timeouts = timeouts if timeouts is not None else _idle_timeouts(supply)
-    shortest = min(timeouts[pool] for pool in surplus)
-    expired: dict[str | None, list[str]] = {}
-    deadline = None
-    for address, since in snapshot.idle.items():
-        if since > now - shortest:
-            deadline = _earliest(deadline, since + shortest)
-            break
-        pool = supply.pool_of.get(address)
-        if pool not in surplus:
-            continue
-        ready = max(since + timeouts[pool], supply.held.get(address, -math.inf))
-        if ready > now:
-            deadline = _earliest(deadline, ready)
-        elif address in snapshot.worker_states:
-            expired.setdefault(pool, []).append(address)
+    expired, deadline = _expired(snapshot, supply, surplus, timeouts, now)
     states = snapshot.worker_states
     chosen: dict[str | None, list[str]] = {}
     limit = snapshot.memory_limit
     for pool in _dearest_first(supply, expired):
-        count = min(surplus[pool], budget)
+        picked: list[str] = []
+        memory_full = False
         for address in heapq.nsmallest(
-            count, expired[pool], key=lambda a: states[a].nbytes
+            min(surplus[pool], budget), expired[pool], key=lambda a: states[a].nbytes
         ):
             remaining = limit - (states[address].memory_limit or 0)
             if (
@@ -439,11 +426,55 @@ def choose_idle_workers(
                 and limit
                 and snapshot.stored_bytes > (memory_threshold * remaining)
             ):
-                return chosen, deadline
-            chosen.setdefault(pool, []).append(address)
+                memory_full = True
+                break
+            picked.append(address)
             limit = remaining
-            budget -= 1
+        if picked:
+            chosen[pool] = picked
+            budget -= len(picked)
+        if memory_full:
+            break
     return chosen, deadline
+
+
+def _expired(
+    snapshot: Snapshot,
+    supply: Supply,
+    surplus: Mapping[str | None, int],
+    timeouts: Mapping[str | None, float],
+    now: float,
+) -> tuple[dict[str | None, list[str]], float | None]:
+    """Per pool in ``surplus``, its connected idle workers whose timeout has
+    run out and that are not held back, oldest first; and when the next
+    timeout runs out.
+
+    Reads the idle workers oldest first and stops at the first one idle for
+    less than the shortest timeout. The loop runs once per idle worker that
+    may go (10,000 when all may), so what it reads is bound to locals.
+    """
+    shortest = min(timeouts[pool] for pool in surplus)
+    pool_of, held, states = supply.pool_of.get, supply.held.get, snapshot.worker_states
+    expired: dict[str | None, list[str]] = {}
+    deadline = None
+    for address, since in snapshot.idle.items():
+        if since > now - shortest:
+            return expired, _earliest(deadline, since + shortest)
+        pool = pool_of(address)
+        if pool not in surplus:
+            continue
+        ready = since + timeouts[pool]
+        hold = held(address)
+        if hold is not None and hold > ready:
+            ready = hold  # held back: not retired before then
+        if ready > now:
+            deadline = _earliest(deadline, ready)
+        elif address in states:
+            workers = expired.get(pool)
+            if workers is None:
+                workers = expired[pool] = []
+            workers.append(address)
+    return expired, deadline
 
 
 def _idle_timeouts(supply: Supply) -> dict[str | None, float]:
