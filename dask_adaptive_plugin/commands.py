@@ -64,7 +64,7 @@ def adaptive() -> None:
     """
 
 
-# -- what every subcommand that talks to a scheduler shares ------------------------------
+# -- what every subcommand that talks to a scheduler shares ----------------------------
 
 
 class Duration(click.ParamType):
@@ -273,7 +273,7 @@ def _cell(value: Any) -> Any:
     return value
 
 
-# -- dask adaptive status ------------------------------------------------------------------
+# -- dask adaptive status --------------------------------------------------------------
 
 STATUS_COLUMNS = (
     "POOL", "BACKEND", "MIN", "MAX", "DESIRED", "REQUESTED", "LAUNCHING",
@@ -311,18 +311,23 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(f"Demand: {data['demand'] or '-'}")
     for need in data["unsatisfiable"]:
         wanted = ", ".join(f"{r}={a:g}" for r, a in need["resources"].items())
+        tasks = need["tasks"]
         lines.append(
-            f"Unsatisfiable: {need['tasks']} tasks need {wanted}, which no pool provides"
+            f"Unsatisfiable: {tasks} tasks need {wanted}, which no pool provides"
         )
     return "\n".join(lines)
 
 
 def summary_line(data: dict[str, Any]) -> str:
-    bounds = f"{data['minimum']} to {_bound(data['maximum'])}"
+    """The scheduler, its workers, the policy and the bounds over all pools."""
+    maximum = data["maximum"]
+    bounds = f"minimum {data['minimum']}, " + (
+        "no maximum" if maximum is None else f"maximum {maximum}"
+    )
     unmanaged = f" ({data['unmanaged']} in no pool)" if data["unmanaged"] else ""
     return (
         f"Scheduler {data['scheduler']}: {data['workers']} workers{unmanaged}; "
-        f"policy {data['policy']}, {bounds} workers in all pools"
+        f"policy {data['policy']}; all pools together: {bounds}"
     )
 
 
@@ -338,14 +343,14 @@ def pool_row(pool: dict[str, Any]) -> list[Any]:
 
 
 def _bound(maximum: int | None) -> str | int:
-    return "no bound" if maximum is None else maximum
+    return "none" if maximum is None else maximum
 
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}s"
 
 
-# -- dask adaptive log ------------------------------------------------------------------------
+# -- dask adaptive log -----------------------------------------------------------------
 
 LOG_COLUMNS = ("TIME", "POOL", "STATUS", "N/WORKERS", "REASON")
 #: Column widths while following, before the rows to come are known: an ISO

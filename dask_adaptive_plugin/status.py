@@ -137,9 +137,10 @@ def pool_status(
     """One pool: its declaration, what was wanted, its workers by state.
 
     ``maximum`` is the effective bound (the lowest of the pool's, its
-    backend's and the one over all pools; ``None``: none); ``startup`` the measured seconds from request to connection
-    (``None`` until a worker has connected); ``unavailable`` says why the pool
-    is not asked for workers now, or is ``None``.
+    backend's and the one over all pools; ``None``: none); ``startup`` the
+    measured seconds from request to connection (``None`` until a worker has
+    connected); ``unavailable`` says why the pool is not asked for workers
+    now, or is ``None``.
     """
     ledger, name = planner.ledger, p.name
     latency = ledger.latency[name]

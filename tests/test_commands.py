@@ -25,6 +25,7 @@ from inprocess import InProcessBackend
 from test_cli import SCHEDULER, scheduler_process, wait_for
 
 from dask_adaptive_plugin import AdaptivePlugin
+from dask_adaptive_plugin.commands import format_status, log_row
 from dask_adaptive_plugin.status import (
     has_plugin,
     log_on_scheduler,
@@ -33,7 +34,9 @@ from dask_adaptive_plugin.status import (
 )
 
 DASK_ADAPTIVE = [str(Path(sys.executable).parent / "dask"), "adaptive"]
-LOCAL_OPTIONS = ("--adaptive-option", "nthreads=1", "--adaptive-option", "memory-limit=1GiB")  # fmt: skip
+LOCAL_OPTIONS = (
+    "--adaptive-option", "nthreads=1", "--adaptive-option", "memory-limit=1GiB",
+)  # fmt: skip
 
 
 def dask_adaptive(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -88,8 +91,8 @@ def plain_scheduler(tmp_path_factory) -> Iterator[str]:
     """A ``dask scheduler`` without the plugin; its address."""
     tmp_path = tmp_path_factory.mktemp("plain")
     scheduler_file = tmp_path / "scheduler.json"
-    cmd = [*SCHEDULER, "--host", "127.0.0.1", "--port", "0",
-           "--dashboard-address", ":0", "--scheduler-file", str(scheduler_file)]  # fmt: skip
+    cmd = [*SCHEDULER, "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
+           ":0", "--scheduler-file", str(scheduler_file)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0)
@@ -227,6 +230,23 @@ def test_log_follow_fails_when_the_scheduler_goes_away(tmp_path):
     assert error.strip() == f"Error: lost the connection to the scheduler at {address}"
 
 
+@pytest.mark.timeout(120)
+def test_log_after_the_plugin_was_removed_prints_its_past_then_fails(tmp_path):
+    with scheduler_process(tmp_path) as (_, address):
+        with Client(address, timeout=30) as client:
+            client.unregister_scheduler_plugin("adaptive")
+            wait_for(
+                lambda: (
+                    "stopped" in [e["status"] for _, e in client.get_events("adaptive")]
+                ),
+                what="the plugin to notice that it was removed",
+            )
+        result = dask_adaptive("log", address)
+    assert result.returncode == 1
+    assert [row["STATUS"] for row in table_rows(result.stdout, "TIME")] == ["stopped"]
+    assert f"the scheduler at {address} has no adaptive plugin" in result.stderr
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("command", ["status", "log"])
 def test_no_scheduler_at_the_address_fails_naming_it(command):
@@ -251,7 +271,8 @@ def test_a_scheduler_without_the_plugin_fails_saying_so(plain_scheduler, command
     "args, code, message",
     [
         ([], 2, r"give the scheduler's ADDRESS .* or --scheduler-file PATH"),
-        (["--scheduler-file", "missing.json"], 1, r"scheduler file missing.json does not exist"),
+        (["--scheduler-file", "missing.json"], 1,
+         r"scheduler file missing.json does not exist"),
         (["tcp://127.0.0.1:1", "--scheduler-file", "s.json"], 2, r"not both"),
         (["--timeout", "soon", "tcp://127.0.0.1:1"], 2, r"'soon' is not a duration"),
     ],
@@ -264,11 +285,12 @@ def test_bad_arguments_are_named(tmp_path, monkeypatch, args, code, message):
     assert re.search(message, result.stderr), result.stderr
 
 
-# -- the status function on its own ------------------------------------------------------
+# -- the status function on its own ----------------------------------------------------
 
 CPU_AND_GPU = {
     "cpu": {"backend": InProcessBackend, "maximum": 2},
-    "gpu": {"backend": InProcessBackend, "maximum": 1, "resources": {"GPU": 1}, "cost": 5},
+    "gpu": {"backend": InProcessBackend, "maximum": 1, "resources": {"GPU": 1},
+            "cost": 5},
 }  # fmt: skip
 
 
@@ -346,3 +368,38 @@ async def test_a_client_reads_the_status_through_run_on_scheduler():
             past = await c.run_on_scheduler(log_on_scheduler)
             assert past["plugin"] and past["events"] == list(s.get_events("adaptive"))
             assert "up" in [record["status"] for _, record in past["events"]]
+
+
+def test_the_table_says_why_a_pool_is_unavailable_and_that_none_has_a_maximum():
+    pool = {
+        "name": "spot", "backend": "slurm", "minimum": 0, "maximum": None,
+        "desired": 2, "requested": 2, "launching": 0, "running": 0, "idle": 0,
+        "retiring": 0, "startup": {"median": None, "p90": None, "samples": 0},
+        "available": False, "unavailable": "fallback cool-down, 42s left",
+    }  # fmt: skip
+    data = {
+        "running": True, "scheduler": "tcp://10.0.0.1:8786", "policy": "AdaptivePolicy",
+        "minimum": 0, "maximum": None, "workers": 1, "unmanaged": 1, "pools": [pool],
+        "unsatisfiable": [{"resources": {"FPGA": 1}, "tasks": 3}], "demand": "",
+    }  # fmt: skip
+    text = format_status(data)
+    assert text.splitlines()[0] == (
+        "Scheduler tcp://10.0.0.1:8786: 1 workers (1 in no pool); "
+        "policy AdaptivePolicy; all pools together: minimum 0, no maximum"
+    )
+    [row] = table_rows(text, "POOL")
+    assert (row["MAX"], row["START-UP median/p90"]) == ("none", "- / -")
+    assert row["AVAILABLE"] == "no: fallback cool-down, 42s left"
+    assert "Unsatisfiable: 3 tasks need FPGA=1, which no pool provides" in text
+
+
+def test_a_log_row_of_an_error_shows_the_action_and_the_error():
+    record = {"status": "error", "pool": "gpu", "action": "scale_up",
+              "error": "OSError: sbatch: error: invalid partition",
+              "reason": "scale_up failed; retrying after back-off"}  # fmt: skip
+    _, pool, status_, what, reason = log_row(0.0, record)
+    assert (pool, status_, what) == ("gpu", "error", "scale_up")
+    assert reason == (
+        "scale_up failed; retrying after back-off "
+        "(OSError: sbatch: error: invalid partition)"
+    )
