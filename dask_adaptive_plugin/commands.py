@@ -498,3 +498,10 @@ def detail(record: dict[str, Any]) -> str:
     if isinstance(workers, (list, tuple)):  # a list arrives as a tuple
         return ", ".join(map(str, workers))
     return "" if workers is None else str(workers)
+
+
+# -- simulate: no scheduler needed; virtual time (dask_adaptive_plugin.simulate) ---------
+
+from dask_adaptive_plugin.simulate.cli import simulate  # noqa: E402
+
+adaptive.add_command(simulate)

@@ -4,6 +4,7 @@ simulated pools and a simulated scheduler. Small workloads: seconds."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -425,7 +426,7 @@ def test_the_command_line_names_a_bad_input(tmp_path: Path):
     run = subprocess.run(
         [sys.executable, "-m", "dask_adaptive_plugin.simulate", str(workload)],
         capture_output=True, text=True, timeout=60,
-    )
+    )  # the same command, on its own
     assert run.returncode == 1
     assert f"workload {workload}, phase 1 (burst): missing field" in run.stderr
 
@@ -446,11 +447,13 @@ def _write(tmp_path: Path, workload: dict, config: dict) -> tuple[Path, Path]:
     return w, c
 
 
-def _cli(*args, env: dict | None = None) -> str:
-    import os
+#: ``dask adaptive simulate``, through dask's own command and its entry points.
+DASK_ADAPTIVE_SIMULATE = [sys.executable, "-m", "dask", "adaptive", "simulate"]
 
+
+def _cli(*args, env: dict | None = None) -> str:
     run = subprocess.run(
-        [sys.executable, "-m", "dask_adaptive_plugin.simulate", *map(str, args)],
+        [*DASK_ADAPTIVE_SIMULATE, *map(str, args)],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, **(env or {})},
     )

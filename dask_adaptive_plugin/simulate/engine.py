@@ -680,6 +680,8 @@ class Engine:
         (``TaskPrefix.add_duration``), for ``n`` tasks of ``seconds`` each."""
         seconds = round(seconds * 1e6) / 1e6
         old = self.estimates.get(prefix)
+        if old == seconds:
+            return  # the common case of fixed durations: nothing moves
         if old is None:
             old = self.settings.default_durations.get(prefix, -1.0)
         if old < 0:

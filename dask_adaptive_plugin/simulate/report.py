@@ -263,8 +263,9 @@ class SimulationResult:
             f"p50 {_s(waits['p50'])}, p90 {_s(waits['p90'])}, p99 {_s(waits['p99'])}, "
             f"max {_s(waits['max'])}",
             f"worker-seconds {self.worker_seconds:,.0f}, cost-weighted "
-            f"{self.cost_seconds:,.0f}; scale events {self.scale_events} "
-            f"({_records(self.records)})",
+            f"{self.cost_seconds:,.0f}; scale events {self.scale_events} (up "
+            f"{self.records.get('up', 0)}, down {self.records.get('down', 0)}); "
+            f"other records: {_records(self.records)}",
             "",
             "pool          cost  worker-s   cost-weighted  busy  peak  requested  never  cancelled  ups  downs",
         ]
@@ -351,4 +352,5 @@ def _s(seconds: float | None) -> str:
 
 
 def _records(records: dict[str, int]) -> str:
-    return ", ".join(f"{status} {n}" for status, n in records.items()) or "none"
+    others = [f"{s} {n}" for s, n in records.items() if s not in ("up", "down")]
+    return ", ".join(others) or "none"
