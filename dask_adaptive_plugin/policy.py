@@ -506,7 +506,7 @@ def downs_of(
         Down(
             pool,
             tuple(workers),
-            f"idle for {timeouts[pool]:g}s and not needed ({why})",
+            f"idle for {timeouts[pool]:.3g}s and not needed ({why})",
             cause,
         )
         for pool, workers in chosen.items()
@@ -636,11 +636,12 @@ class AdaptivePolicy(Policy):
         work = f"~{need.seconds:.3g}s of work"
         if need.resources:
             wanted = ", ".join(f"{r}={a:g}" for r, a in need.resources.items())
-            why = f"{need.tasks} runnable tasks need {wanted}, {work}"
+            why = f"{tasks(need.tasks, 'runnable task')} need {wanted}, {work}"
         else:
-            why = f"{need.tasks} runnable tasks, {work}"
+            why = f"{tasks(need.tasks, 'runnable task')}, {work}"
             if s.queued and not s.idle:
-                why = f"{s.queued} tasks wait for a worker; {why}"
+                waits = "waits" if s.queued == 1 else "wait"
+                why = f"{tasks(s.queued, 'task')} {waits} for a worker; {why}"
         return Demand(need.resources, threads, why, waiting_threads=waiting_threads)
 
     def threads_for(self, seconds: float, tasks: int) -> int:
@@ -668,7 +669,7 @@ class AdaptivePolicy(Policy):
     def summary(s: Snapshot) -> str:
         if not s.runnable:
             return "no runnable tasks"
-        return f"{s.runnable} runnable tasks"
+        return tasks(s.runnable, "runnable task")
 
 
 class FixedPolicy(Policy):
@@ -756,6 +757,11 @@ def _rename_floor(allocation: Allocation, reason: str, cause: str) -> None:
         for i, d in enumerate(demands):
             if d.cause == "minimum" and d.reason.startswith("minimum is "):
                 demands[i] = Demand(d.resources, d.threads, reason, cause, d.workers)
+
+
+def tasks(count: int, noun: str) -> str:
+    """``"1 runnable task"``, ``"3 runnable tasks"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _parse_number(

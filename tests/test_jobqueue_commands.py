@@ -294,7 +294,6 @@ async def test_htcondor_submit_description_and_pending_jobs(stand_in):
             s, cores=2, memory="4GB", processes=1, disk="1GB", python=sys.executable,
             submit_command_extra=["-name", "sched1"],
             cancel_command_extra=["-name", "sched1"],
-            pending_timeout="1s", resubmit_pending=True,
         )  # fmt: skip
         assert backend.processes == 1 and backend.threads_per_worker == 2
         await backend.scale_up(2)
@@ -313,18 +312,12 @@ async def test_htcondor_submit_description_and_pending_jobs(stand_in):
         assert len(stand_in.calls("condor_submit")) == 3
         stand_in.set_state("101", "running")
 
-        # pending for longer than pending_timeout: reported and resubmitted
-        await until(
-            lambda: len(stand_in.calls("condor_rm")) >= 2, 10, what="resubmission"
-        )
-        removed = {c["args"][-1] for c in stand_in.calls("condor_rm")}
-        assert {"102.0", "103.0"} <= removed and "101.0" not in removed
-        reported = events(s, "job-pending")
-        assert {e["job_id"] for e in reported} >= {"102.0", "103.0"}
-        assert all(e["action"] == "resubmitted" for e in reported)
-        async with backend._lock:  # not in the middle of a resubmission
-            assert len(backend.jobs) == 3 and "101.0" in backend.jobs
-            ids = set(backend.jobs)
+        # overdue (the plugin's start_timeout): the waiting ones are cancelled
+        await backend.cancel_pending()
+        [removed] = [c["args"][2:] for c in stand_in.calls("condor_rm")]
+        assert sorted(removed) == ["102.0", "103.0"]
+        assert set(backend.jobs) == {"101.0"}
+        ids = set(backend.jobs)
 
         await backend.close()
         last = stand_in.calls("condor_rm")[-1]["args"]
@@ -334,22 +327,19 @@ async def test_htcondor_submit_description_and_pending_jobs(stand_in):
 
 
 @gen_test(timeout=30)
-async def test_pending_job_is_reported_and_kept_without_resubmit(stand_in):
+async def test_a_waiting_job_is_reported_pending_and_kept_until_cancelled(stand_in):
     async with bare_scheduler() as s:
-        backend = LSFBackend(
-            s, cores=1, memory="1GB", lsf_units="mb", pending_timeout="0.5s"
-        )
+        backend = LSFBackend(s, cores=1, memory="1GB", lsf_units="mb")
         await backend.scale_up(1)
-        await until(lambda: events(s), 10, what="the report")
-        (event,) = events(s)
-        assert event["status"] == "job-pending" and event["job_id"] == "101"
-        assert (
-            event["action"] == "left in the queue"
-            and "pending_timeout" in event["reason"]
-        )
-        assert not stand_in.calls("bkill")
+        [name] = backend.report()
+        assert backend.report() == {name: "pending"}
         await backend.scale_up(1)  # still pending: nothing new
-        assert len(stand_in.calls("bsub")) == 1
+        assert len(stand_in.calls("bsub")) == 1 and not stand_in.calls("bkill")
+        stand_in.set_state("101", "running")
+        await backend.scale_up(1)  # the queue says it runs now
+        assert backend.report() == {name: "running"}
+        await backend.cancel_pending()  # nothing waits: nothing cancelled
+        assert not stand_in.calls("bkill")
         await backend.close()
         assert [c["args"] for c in stand_in.calls("bkill")] == [["101"]]
 
@@ -484,9 +474,11 @@ def test_unknown_and_missing_options_are_clear_errors():
         AdaptivePlugin(backend="slurm", backend_options={"cores": 1, "gpus": 1})
     with pytest.raises(ValueError, match=r"backend option memory .*--adaptive-option"):
         AdaptivePlugin(backend="sge", backend_options={"cores": 1})
-    with pytest.raises(ValueError, match=r"backend option resubmit_pending"):
+    with pytest.raises(
+        ValueError, match=r"backend option resubmit_pending .*replaced by the pool's start_timeout"
+    ):
         AdaptivePlugin(backend="pbs", backend_options={"cores": 1, "memory": "1GB",
-                                                       "resubmit_pending": "maybe"})  # fmt: skip
+                                                       "resubmit_pending": True})  # fmt: skip
     with pytest.raises(
         ValueError, match=r"backend option job_name .*expected cluster_name instead"
     ):
@@ -510,8 +502,8 @@ def test_unknown_and_missing_options_are_clear_errors():
         SLURMBackend(Fake(), cores=1)
     with pytest.raises(ValueError, match=r"backend option processes .*at most cores"):
         SLURMBackend(Fake(), cores=2, memory="1GB", processes=3)
-    with pytest.raises(ValueError, match=r"backend option pending_timeout"):
-        SLURMBackend(Fake(), cores=1, memory="1GB", pending_timeout="soon")
+    with pytest.raises(ValueError, match=r"backend option pending_timeout .*start_timeout"):
+        SLURMBackend(Fake(), cores=1, memory="1GB", pending_timeout="10m")
     with pytest.raises(ValueError, match=r"backend option cores .*whole number"):
         SLURMBackend(Fake(), cores="many", memory="1GB")
 

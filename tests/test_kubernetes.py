@@ -199,7 +199,7 @@ def test_default_cluster_name_is_stable_and_label_safe() -> None:
 @pytest.mark.parametrize(
     "options, match",
     [
-        ({"pending_timeout": "soon"}, "backend option pending_timeout"),
+        ({"api_timeout": "soon"}, "backend option api_timeout"),
         ({"pod_template": "/nonexistent/pod.yaml"}, "backend option pod_template"),
         ({"pod_template": {"spec": {}}}, "spec.containers"),
         ({"namespace": "Not_A_Namespace"}, "backend option namespace"),
@@ -212,6 +212,13 @@ def test_default_cluster_name_is_stable_and_label_safe() -> None:
 def test_bad_options_are_named(options: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         KubernetesBackend(FakeScheduler(), **options)  # type: ignore[arg-type]
+
+
+def test_an_option_the_pools_start_timeout_replaced_is_refused_with_the_fix() -> None:
+    with pytest.raises(
+        ValueError, match=r"backend option pending_timeout .*replaced by the pool's start_timeout"
+    ):
+        AdaptivePlugin(backend="kubernetes", backend_options={"pending_timeout": "60s"})
 
 
 # -- against the emulator, with real workers -------------------------------------------
@@ -247,42 +254,41 @@ def test_scale_up_from_zero_and_idle_pods_deleted(
     run(scenario)
 
 
-def test_pending_pods_reported_and_not_double_counted(
+def test_a_pending_pod_counts_and_is_cancelled_when_overdue(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A Pod the cluster cannot run stays Pending: it counts as a worker on
+    its way (never doubled), is deleted once the pool's start_timeout passes,
+    and a new one is asked for after the cool-down."""
+
     async def scenario() -> None:
         async with kubernetes_api() as (emulator, url), Kubelet(url) as kubelet:
             kubelet.hold = True
-            options = {
-                "kubeconfig": write_kubeconfig(tmp_path, url),
-                "pending_timeout": "1s",
-            }
+            options = {"kubeconfig": write_kubeconfig(tmp_path, url)}
             async with scheduler_with(
                 "kubernetes", maximum=1, start_timeout="2s", backend_options=options
             ) as (scheduler, plugin):
                 async with Client(scheduler.address, asynchronous=True) as client:
                     future = client.submit(sum, [1, 2])
-                    await until(
-                        lambda: events(scheduler, "pending"), what="pending event"
-                    )
-                    [pending] = events(scheduler, "pending")
-                    assert pending["pods"] == plugin.backend.pending  # type: ignore[union-attr]
-                    # The controller gives up on the request and asks again;
-                    # the Pending Pod counts toward it, so none is added.
-                    await until(lambda: overdue(scheduler), what="overdue")
-                    await until(
-                        lambda: len(events(scheduler, "up")) >= 2, what="re-request"
-                    )
-                    await asyncio.sleep(0.5)
-                    assert len(alive_pods(emulator)) == 1
-                    assert pod_creations(emulator) == 1
+                    await until(lambda: alive_pods(emulator), what="a Pod")
+                    [first] = alive_pods(emulator)
+                    await until(lambda: plugin.ledger.entry(first), what="in the ledger")
+                    assert plugin.backend.report() == {first: "pending"}  # type: ignore[union-attr]
+                    assert plugin.ledger.entry(first).state == "launching"
+                    most_alive = []
 
+                    def replaced() -> bool:
+                        most_alive.append(len(alive_pods(emulator)))
+                        return pod_creations(emulator) == 2 and first not in alive_pods(emulator)
+
+                    await until(replaced, what="the overdue Pod deleted and asked again")
+                    assert max(most_alive) == 1  # never two Pods for one worker
+                    [cancelled] = events(scheduler, "pods-cancelled")
+                    assert cancelled["pods"] == [first]
+                    assert "did not connect within 2s" in overdue(scheduler)[0]["error"]
                     kubelet.hold = False
                     assert await future == 3
-                    assert plugin.backend.pending == []  # type: ignore[union-attr]
-                    assert pod_creations(emulator) == 1
-                errors = events(scheduler, "error")
-                assert errors and all(e["action"] == "start" for e in errors)
+                    assert pod_creations(emulator) == 2
                 assert_no_secret(scheduler, caplog, TOKEN, "kubernetes")
 
     run(scenario)
@@ -307,7 +313,7 @@ def test_pods_of_an_earlier_run_adopted_or_removed(
             ) as scheduler:
                 # The earlier run: one Pod whose worker connects, one stuck
                 # Pending; it ends without clean-up (a crash).
-                earlier = KubernetesBackend(scheduler, **options, pending_timeout="1h")
+                earlier = KubernetesBackend(scheduler, **options)
                 await earlier.scale_up(1)
                 await until(lambda: scheduler.workers, what="the earlier worker")
                 kubelet.hold = True

@@ -17,6 +17,7 @@ from dask_adaptive_plugin import AdaptivePlugin
 from dask_adaptive_plugin.ledger import LAUNCHING, REQUESTED, RUNNING
 from helpers import events, until
 from inprocess import InProcessBackend
+from test_jobqueue_live import slurm, worker_options  # noqa: F401 (a fixture)
 
 LOCAL = {"backend": "local", "backend_options": {"nthreads": 1, "memory_limit": "1GiB"}}
 CPU_AND_GPU = {
@@ -191,3 +192,60 @@ async def test_the_ledger_equals_the_scheduler_and_the_backend_after_random_even
         await until(lambda: not s.workers, timeout=60)
         await until(lambda: ledger_matches_reality(plugin, s), timeout=30)
 
+
+# -- two SLURM partitions as two pools (live) -----------------------------------------------
+
+
+@pytest.mark.slurm
+@gen_test(timeout=300)
+async def test_two_slurm_partitions_as_pools_send_each_task_where_it_fits(
+    slurm, tmp_path, monkeypatch
+):
+    """Pools ``cpu`` and ``gpu`` on the partitions of the same names
+    (``.ci/live/start-slurm.sh``): GPU tasks run only in jobs of the gpu
+    partition, plain ones only in cpu, as ``squeue`` shows."""
+    import dask_jobqueue.config
+
+    from dask_adaptive_plugin.shell import run_command
+
+    # gen_test resets dask config to before dask_jobqueue added its defaults
+    dask_jobqueue.config.reconfigure()
+    monkeypatch.chdir(tmp_path)  # the jobs' output files
+    cluster = f"p{os.getpid()}"
+    pools = {
+        name: {
+            "backend": "slurm",
+            "backend_options": worker_options(f"{cluster}-{name}", queue=name),
+            "maximum": 2,
+            **extra,
+        }
+        for name, extra in {"cpu": {}, "gpu": {"resources": {"GPU": 1}, "cost": 5}}.items()
+    }
+    plugin = AdaptivePlugin(pools=pools, idle_timeout="2s", target_duration="1s")
+    partitions: dict[str, str] = {}
+
+    async def partition_of_jobs() -> dict[str, str]:
+        out = await run_command(["squeue", "--noheader", "--format=%j %P"])
+        rows = (line.split() for line in out.splitlines())
+        partitions.update({job: part for job, part in rows if job.startswith(cluster)})
+        return partitions
+
+    async with scheduler(plugin) as s, Client(s.address, asynchronous=True) as c:
+        gpu = c.map(slowinc, range(3), delay=0.5, resources={"GPU": 1}, pure=False)
+        plain = c.map(slowinc, range(10, 16), delay=0.5, pure=False)
+        ran_gpu = c.map(lambda x: get_worker().name, gpu, resources={"GPU": 1})
+        ran_plain = c.map(lambda x: get_worker().name, plain)
+        while not all(f.done() for f in ran_gpu + ran_plain):
+            await partition_of_jobs()
+            await asyncio.sleep(0.2)
+        gpu_workers, plain_workers = set(await c.gather(ran_gpu)), set(await c.gather(ran_plain))
+        await partition_of_jobs()
+        assert {partitions[w] for w in gpu_workers} == {"gpu"}
+        assert all(plugin.ledger.entry(w).pool == "gpu" for w in gpu_workers)
+        cpu_jobs = {w for w in plain_workers if plugin.ledger.entry(w).pool == "cpu"}
+        assert cpu_jobs and {partitions[w] for w in cpu_jobs} == {"cpu"}
+        assert all(partitions[w] == "cpu" for w in partitions if w.startswith(f"{cluster}-cpu"))
+        del gpu, plain, ran_gpu, ran_plain
+        await until(lambda: not s.workers, timeout=60, what="every job retired")
+    out = await run_command(["squeue", "--noheader", "--format=%j"])
+    assert not [job for job in out.split() if job.startswith(cluster)]

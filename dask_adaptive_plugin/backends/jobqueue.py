@@ -34,6 +34,7 @@ import re
 import shlex
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from time import time
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
@@ -42,9 +43,13 @@ import dask
 from dask.utils import parse_bytes
 
 from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend
-from dask_adaptive_plugin.backends.workers import parse_cluster_name, worker_names
-from dask_adaptive_plugin.background import BackgroundTasks
-from dask_adaptive_plugin.config import invalid, parse_duration
+from dask_adaptive_plugin.backends.workers import (
+    parse_cluster_name,
+    refuse_replaced,
+    worker_names,
+)
+from dask_adaptive_plugin.config import invalid
+from dask_adaptive_plugin.pools import DEFAULT as DEFAULT_POOL
 from dask_adaptive_plugin.shell import CommandError, run_command
 
 if TYPE_CHECKING:
@@ -72,8 +77,6 @@ COMMAND_TIMEOUT = 30.0
 #: Seconds a submitted job may be missing from the queue listing before it is
 #: taken as gone (some systems list a new job only after a moment).
 LISTING_GRACE = 10.0
-#: Seconds between checks for overdue pending jobs when a check failed.
-RETRY_CHECK = 30.0
 
 #: Job-class arguments that are deprecated aliases of others, or that the
 #: backend sets itself (the job name is the worker's name).
@@ -122,8 +125,7 @@ class BatchJob:
 
     ``workers`` are the names its workers will have: ``name`` for one
     process, else ``name-0``, ``name-1``... (``dask worker --nworkers``).
-    ``pending`` is whether the queue last listed it as waiting, ``reported``
-    whether it was reported as waiting longer than ``pending_timeout``.
+    ``pending`` is whether the queue last listed it as waiting.
     """
 
     job_id: str
@@ -131,7 +133,6 @@ class BatchJob:
     workers: tuple[str, ...]
     submitted: float
     pending: bool = True
-    reported: bool = False
 
 
 class JobQueueBackend(Backend):
@@ -139,11 +140,14 @@ class JobQueueBackend(Backend):
 
     A job, named ``<cluster name>-<8 hex>-<n>``, runs ``processes`` workers,
     which are retired together (:meth:`stopped_together`); ``scale_up(n)``
-    submits ``ceil(missing / processes)`` jobs. Jobs waiting in the queue
-    count as workers on their way; they are cancelled when workers are
-    retired. Jobs of this cluster name that an earlier run left are adopted
-    at the first look at the queue (event ``"recovered"``). :meth:`close`
-    cancels every job of the cluster name.
+    submits ``ceil(missing / processes)`` jobs whose workers get the
+    pool's resources (``--resources``). Jobs waiting in the queue count as
+    workers on their way (``report()`` says they are pending); they are
+    cancelled when workers are retired, and by :meth:`cancel_pending` when
+    they do not start within the pool's ``start_timeout``. Jobs of this
+    cluster name that an earlier run left are adopted at the first look at
+    the queue (event ``"recovered"``). :meth:`close` cancels every job of the
+    cluster name.
 
     Parameters
     ----------
@@ -152,23 +156,16 @@ class JobQueueBackend(Backend):
     cluster_name
         The first part of every job and worker name, which tells this
         scheduler's jobs apart (default: derived from the scheduler's address,
-        so that a scheduler restarted there adopts its earlier jobs). Two
-        schedulers must not share one.
-    pending_timeout
-        How long a job may wait in the queue before it is reported
-        (default ``"10m"``).
-    resubmit_pending
-        Cancel and resubmit a job that waited longer than ``pending_timeout``
-        (default ``False``).
+        and the pool's name for a pool other than ``default``, so that a
+        scheduler restarted there adopts each pool's earlier jobs into that
+        pool). Two schedulers, or two pools, must not share one.
     **job_options
         Arguments of the dask-jobqueue job class: ``cores``, ``memory``,
         ``processes``, ``queue``, ``account``, ``walltime``,
         ``job_extra_directives``, ``python``, ``interface``,
         ``worker_extra_args``, ``log_directory``... Those not given come from
         dask-jobqueue's config ``jobqueue.<system>`` (``cores`` and ``memory``
-        must be set in one or the other). Task resources asked for through
-        ``scale_up`` keyword arguments are not passed on: give workers their
-        resources with ``worker_extra_args=["--resources", "GPU=1"]``.
+        must be set in one or the other).
     """
 
     #: The dask-jobqueue job class, :func:`bounded`; set by each system's subclass.
@@ -186,20 +183,12 @@ class JobQueueBackend(Backend):
     status_exit_ok: ClassVar[frozenset[int]] = frozenset({0})
 
     def __init__(
-        self,
-        scheduler: Scheduler,
-        cluster_name: Any = None,
-        pending_timeout: Any = "10m",
-        resubmit_pending: Any = False,
-        **job_options: Any,
+        self, scheduler: Scheduler, cluster_name: Any = None, **job_options: Any
     ) -> None:
         self.scheduler = scheduler
         self.system = self.job_cls.config_name
-        self.cluster_name = parse_cluster_name(cluster_name, scheduler.address)
-        self.pending_timeout = parse_duration(
-            "pending_timeout", pending_timeout, backend_option=True
-        )
-        self.resubmit_pending = _parse_bool("resubmit_pending", resubmit_pending)
+        self._cluster_name = cluster_name
+        parse_cluster_name(cluster_name, scheduler.address)  # checked now
         self.job_options = self._check_job_options(job_options)
         template = self._make_job(scheduler.address, "template", job_options)
         self.processes = _check_processes(template)
@@ -210,14 +199,23 @@ class JobQueueBackend(Backend):
         self._job_of_worker: dict[str, BatchJob] = {}
         #: Cancelled jobs the queue may still list as alive: never adopted.
         self._cancelled: set[str] = set()
-        self._our_name = re.compile(
-            rf"{re.escape(self.cluster_name)}-[0-9a-f]{{8}}-\d+"
-        )
         self._lock = asyncio.Lock()
-        self._tasks = BackgroundTasks(f"{self.system} backend")
-        self._check_timer: asyncio.TimerHandle | None = None
-        self._closed = False
-        self._names = worker_names(self.cluster_name)
+
+    @cached_property
+    def cluster_name(self) -> str:
+        """The first part of every job name; read once the pool is known."""
+        name = parse_cluster_name(self._cluster_name, self.scheduler.address)
+        if self._cluster_name is None and self.pool.name != DEFAULT_POOL:
+            name = parse_cluster_name(f"{name}-{self.pool.name}", "")
+        return name
+
+    @cached_property
+    def _names(self) -> Iterator[str]:
+        return worker_names(self.cluster_name)
+
+    @cached_property
+    def _our_name(self) -> re.Pattern[str]:
+        return re.compile(rf"{re.escape(self.cluster_name)}-[0-9a-f]{{8}}-\d+")
 
     @classmethod
     def check_options(cls, **options: Any) -> None:
@@ -232,14 +230,13 @@ class JobQueueBackend(Backend):
     # -- the plugin's calls ------------------------------------------------------------
 
     async def scale_up(self, n: int, **resources: Any) -> None:
-        """Submit jobs until ``n`` workers are connected or on their way."""
+        """Submit jobs until this backend's workers, connected or on their
+        way, are ``n``; their workers get ``resources`` (``--resources``)."""
         async with self._lock:
             await self._refresh()
-            await self._handle_overdue()
             missing = n - sum(len(job.workers) for job in self.jobs.values())
             for _ in range(math.ceil(missing / self.processes)):
-                await self._submit()
-            self._schedule_check()
+                await self._submit(resources)
 
     async def scale_down(self, workers: list[str]) -> None:
         """Cancel the jobs of these workers, and every job still waiting."""
@@ -258,7 +255,12 @@ class JobQueueBackend(Backend):
                 )
             # waiting jobs first: cancelling running ones frees room they could take
             await self._cancel(waiting + self._jobs_of(workers))
-            self._schedule_check()
+
+    async def cancel_pending(self) -> None:
+        """Cancel the jobs still waiting in the queue (their start is overdue)."""
+        async with self._lock:
+            await self._refresh()
+            await self._cancel([job for job in self.jobs.values() if job.pending])
 
     def report(self) -> dict[str, str]:
         """The workers of our jobs: waiting in the queue, or started."""
@@ -279,9 +281,6 @@ class JobQueueBackend(Backend):
 
     async def close(self) -> None:
         """Cancel every job of this cluster: submitted or adopted."""
-        self._closed = True
-        self._schedule_check()  # cancels the timer
-        await self._tasks.cancel()
         async with self._lock:
             try:
                 await self._refresh()  # adopts what an earlier run left
@@ -311,9 +310,14 @@ class JobQueueBackend(Backend):
                 f"({sorted(options)}): {e}"
             ) from e
 
-    async def _submit(self) -> BatchJob:
+    async def _submit(self, resources: dict[str, Any]) -> BatchJob:
         name = next(self._names)
-        job = self._make_job(self.scheduler.address, name, self.job_options)
+        options = self.job_options
+        if resources:
+            extra = list(options.get("worker_extra_args") or ())
+            spec = ",".join(f"{k}={v:g}" for k, v in resources.items())
+            options = {**options, "worker_extra_args": [*extra, "--resources", spec]}
+        job = self._make_job(self.scheduler.address, name, options)
         await job.start()  # writes the script, submits it, reads the job id
         record = BatchJob(job.job_id, name, _worker_names(name, self.processes), time())
         self._remember(record)
@@ -426,72 +430,6 @@ class JobQueueBackend(Backend):
                 },
             )
 
-    # -- jobs that wait too long -----------------------------------------------------------
-
-    async def _handle_overdue(self) -> None:
-        """Report each job waiting longer than ``pending_timeout``, once, and
-        resubmit it if ``resubmit_pending``."""
-        now = time()
-        action = "resubmitted" if self.resubmit_pending else "left in the queue"
-        for job in self._waiting_unreported():
-            if now - job.submitted < self.pending_timeout:
-                continue
-            job.reported = True
-            self.log_event(
-                {
-                    "status": "job-pending",
-                    "backend": self.system,
-                    "job_id": job.job_id,
-                    "name": job.name,
-                    "pending_for": round(now - job.submitted, 1),
-                    "action": action,
-                    "reason": f"job waited in the queue longer than pending_timeout "
-                    f"{self.pending_timeout:g}s; {action}",
-                },
-            )
-            if self.resubmit_pending:
-                await self._cancel([job])
-                await self._submit()
-
-    def _waiting_unreported(self) -> list[BatchJob]:
-        return [job for job in self.jobs.values() if job.pending and not job.reported]
-
-    def _schedule_check(self, delay: float | None = None) -> None:
-        """A timer for the next job that may become overdue (no polling
-        otherwise); ``delay`` overrides it."""
-        if self._check_timer is not None:
-            self._check_timer.cancel()
-            self._check_timer = None
-        waiting = self._waiting_unreported()
-        deadlines = [job.submitted + self.pending_timeout for job in waiting]
-        if delay is None and deadlines:
-            delay = max(1.0, min(deadlines) - time())
-        if delay is not None and not self._closed:
-            loop = asyncio.get_running_loop()
-            self._check_timer = loop.call_later(delay, self._start_check)
-
-    def _start_check(self) -> None:
-        self._check_timer = None
-        self._tasks.spawn(self._check_overdue(), "checking for jobs pending too long")
-
-    async def _check_overdue(self) -> None:
-        async with self._lock:
-            try:
-                await self._refresh()
-                await self._handle_overdue()
-            except Exception as e:
-                self.log_event(
-                    {
-                        "status": "error",
-                        "action": "check pending jobs",
-                        "error": f"{type(e).__name__}: {e}",
-                        "reason": f"{self.system} backend: retrying in {RETRY_CHECK:g}s",
-                    },
-                )
-                self._schedule_check(RETRY_CHECK)
-            else:
-                self._schedule_check()
-
     # -- options ----------------------------------------------------------------------------
 
     @classmethod
@@ -509,6 +447,7 @@ class JobQueueBackend(Backend):
     @classmethod
     def _check_job_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         system = cls.job_cls.config_name
+        refuse_replaced(options)
         if "job_name" in options:
             raise invalid(
                 "job_name",
@@ -522,7 +461,7 @@ class JobQueueBackend(Backend):
             raise ValueError(
                 f"invalid backend_options for backend {cls.__name__}: unknown "
                 f"option(s) {unknown} for the {system} backend; it takes "
-                "cluster_name, pending_timeout, resubmit_pending and the arguments "
+                "cluster_name and the arguments "
                 f"of dask-jobqueue's {cls.job_cls.__name__}: "
                 f"{', '.join(cls.job_option_names())}"
             )
@@ -578,15 +517,6 @@ def _check_processes(job: Job) -> int:
             backend_option=True,
         )
     return processes
-
-
-def _parse_bool(name: str, value: Any) -> bool:
-    text = str(value).strip().lower()  # True and False give "true" and "false"
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise invalid(name, value, "true or false", backend_option=True)
 
 
 # -- the systems ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from time import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +35,7 @@ import yaml
 
 from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import (
+    refuse_replaced,
     WorkerOptions,
     all_or_first_error,
     parse_cluster_name,
@@ -41,6 +43,7 @@ from dask_adaptive_plugin.backends.workers import (
 )
 from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.config import invalid, parse_duration
+from dask_adaptive_plugin.pools import DEFAULT as DEFAULT_POOL
 
 try:
     import kr8s
@@ -90,9 +93,6 @@ class PodRecord:
     name: str
     created: float
     phase: str = "Pending"
-    reported: bool = False
-    #: The look at its phase once ``pending_timeout`` has passed.
-    check: asyncio.Task[None] | None = None
 
 
 class KubernetesBackend(Backend):
@@ -128,13 +128,10 @@ class KubernetesBackend(Backend):
     death_timeout
         A worker that loses its scheduler for this long exits, and its Pod
         finishes (``restartPolicy: Never`` unless the template says otherwise).
-    pending_timeout
-        A Pod still ``Pending`` after this long is reported as an event on topic
-        ``"adaptive"`` (default ``"60s"``). It keeps counting toward the
-        requested total, so no further Pod is created in its place.
     cluster_name
         The scheduler's identity in the Pods' labels (default: derived from
-        ``scheduler_address``); see the module documentation.
+        ``scheduler_address``, and the pool's name for a pool other than
+        ``default``); see the module documentation.
     scheduler_address
         The address the workers connect to (default: the scheduler's own
         address), such as a Service: ``tcp://dask-scheduler.jobs:8786``.
@@ -145,6 +142,11 @@ class KubernetesBackend(Backend):
     api_timeout
         The longest one API call may take (default ``"30s"``).
     """
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        refuse_replaced(options)
+        super().check_options(**options)
 
     def __init__(
         self,
@@ -157,7 +159,6 @@ class KubernetesBackend(Backend):
         nthreads: Any = 1,
         worker_args: Any = (),
         death_timeout: Any = "60s",
-        pending_timeout: Any = "60s",
         cluster_name: Any = None,
         scheduler_address: Any = None,
         kubeconfig: Any = None,
@@ -176,17 +177,12 @@ class KubernetesBackend(Backend):
         self.namespace = self.namespace_option or "default"
         self.worker = WorkerOptions.parse(nthreads, None, worker_args, death_timeout)
         self.threads_per_worker = self.worker.nthreads
-        self.pending_timeout, self.api_timeout = (
-            parse_duration(name, value, backend_option=True)
-            for name, value in [
-                ("pending_timeout", pending_timeout),
-                ("api_timeout", api_timeout),
-            ]
-        )
+        self.api_timeout = parse_duration("api_timeout", api_timeout, backend_option=True)
         self.scheduler_address = (
             parse_text("scheduler_address", scheduler_address) or scheduler.address
         )
-        self.cluster_name = parse_cluster_name(cluster_name, self.scheduler_address)
+        self._cluster_name = cluster_name
+        parse_cluster_name(cluster_name, self.scheduler_address)  # checked now
         self.kubeconfig = parse_text("kubeconfig", kubeconfig)
         self.context = parse_text("context", context)
         self.api_url = parse_text("api_url", api_url)
@@ -219,6 +215,36 @@ class KubernetesBackend(Backend):
         ours = [n for n in names if n in self.pods or n.startswith(self._prefix)]
         await all_or_first_error(self._delete_pod(name) for name in ours)
 
+    async def cancel_pending(self) -> None:
+        """Delete the Pods still ``Pending`` (their start is overdue), saying
+        what Kubernetes says of each (``0/3 nodes are available: ...``)."""
+        await self._ensure_setup()
+        await self._refresh()
+        pending = [name for name, record in self.pods.items() if record.phase == "Pending"]
+        if not pending:
+            return
+        why = {name: await self._why_pending(name) for name in pending}
+        await all_or_first_error(self._delete_pod(name) for name in pending)
+        self._record(
+            {
+                "status": "pods-cancelled",
+                "pods": pending,
+                "why": {name: text for name, text in why.items() if text},
+                "reason": "Pods still Pending after the pool's start_timeout were "
+                "deleted; the plugin asks again, from the next pool that fits",
+            }
+        )
+
+    async def _why_pending(self, name: str) -> str:
+        """Kubernetes' reason a Pod is not scheduled; ``""`` if it cannot tell."""
+        try:
+            pod = await self._pod(name)
+            await self._call(f"read Pod {name}", pod.refresh())
+        except Exception as e:  # only an explanation is lost
+            logger.debug("kubernetes backend: %s", e)
+            return ""
+        return _why_pending(pod.raw)
+
     def report(self) -> dict[str, str]:
         """This backend's Pods: Pending ones wait, the others run."""
         return {
@@ -239,11 +265,6 @@ class KubernetesBackend(Backend):
         except Exception as e:
             message = self._scrub(f"{type(e).__name__}: {e}")
             logger.warning("kubernetes backend: Pods not deleted on close: %s", message)
-
-    @property
-    def pending(self) -> list[str]:
-        """This backend's Pods whose worker has not connected (yet)."""
-        return sorted(name for name in self.pods if name not in self.scheduler.aliases)
 
     # -- the Pod ---------------------------------------------------------------------
 
@@ -293,6 +314,14 @@ class KubernetesBackend(Backend):
 
     # -- Pods --------------------------------------------------------------------------
 
+    @cached_property
+    def cluster_name(self) -> str:
+        """The label of this backend's Pods; read once the pool is known."""
+        name = parse_cluster_name(self._cluster_name, self.scheduler_address)
+        if self._cluster_name is None and self.pool.name != DEFAULT_POOL:
+            name = parse_cluster_name(f"{name}-{self.pool.name}", "")
+        return name
+
     @property
     def _prefix(self) -> str:
         """How the names of this cluster's Pods begin."""
@@ -327,7 +356,6 @@ class KubernetesBackend(Backend):
                 await self._delete_pod(name)
             else:
                 record.phase = listed[name]
-                self._report_if_pending_too_long(record)
         if first and (adopted or removed):
             self._record(
                 {
@@ -364,12 +392,9 @@ class KubernetesBackend(Backend):
         pod = Pod(self.pod_manifest(name, resources), api=api)
         # Counted before the call: if the answer is lost, the Pod may exist; the
         # next refresh forgets it if it does not.
-        record = self.pods[name] = PodRecord(name, time())
+        self.pods[name] = PodRecord(name, time())
         await self._call(f"create Pod {name}", pod.create())
         logger.debug("kubernetes backend: created Pod %s", name)
-        record.check = self._tasks.spawn(
-            self._check_pending_later(record), f"checking whether Pod {name} waits"
-        )
 
     async def _pod(self, name: str) -> Pod:
         """A handle on the Pod ``name`` (nothing is read)."""
@@ -386,44 +411,7 @@ class KubernetesBackend(Backend):
         logger.debug("kubernetes backend: deleted Pod %s", name)
 
     def _forget(self, name: str) -> None:
-        record = self.pods.pop(name, None)
-        if record is not None and record.check is not None:
-            record.check.cancel()
-
-    # -- Pending Pods ------------------------------------------------------------------
-
-    async def _check_pending_later(self, record: PodRecord) -> None:
-        """At the Pod's pending deadline, read its phase and report it if Pending."""
-        await asyncio.sleep(self.pending_timeout)
-        try:
-            pod = await self._pod(record.name)
-            await self._call(f"read Pod {record.name}", pod.refresh())
-        except Exception as e:  # only a report is lost; refresh will look again
-            logger.debug("kubernetes backend: %s", e)
-            return
-        record.phase = _name_and_phase(pod.raw)[1]
-        self._report_if_pending_too_long(record, _why_pending(pod.raw))
-
-    def _report_if_pending_too_long(self, record: PodRecord, why: str = "") -> None:
-        waited = time() - record.created
-        if (
-            record.reported
-            or record.phase != "Pending"
-            or waited < self.pending_timeout
-        ):
-            return
-        record.reported = True
-        event = {
-            "status": "pending",
-            "pods": [record.name],
-            "pending_for": round(waited, 1),
-            "reason": f"Pod {record.name} has been Pending for more than "
-            f"{self.pending_timeout:g}s; it still counts toward the requested "
-            "workers, so no other Pod is created in its place",
-        }
-        if why:
-            event["why"] = why
-        self._record(event)
+        self.pods.pop(name, None)
 
     # -- the API -----------------------------------------------------------------------
 

@@ -186,3 +186,21 @@ def parse_cluster_name(value: Any, address: str) -> str:
             backend_option=True,
         )
     return name
+
+
+#: Options of earlier versions that the pool's ``start_timeout`` replaced.
+REPLACED_BY_START_TIMEOUT = ("pending_timeout", "resubmit_pending")
+
+
+def refuse_replaced(options: dict[str, Any]) -> None:
+    """Refuse, with what replaced them, options an earlier version took."""
+    for name in REPLACED_BY_START_TIMEOUT:
+        if name in options:
+            raise invalid(
+                name,
+                options[name],
+                "nothing: it was replaced by the pool's start_timeout "
+                "(--adaptive-start-timeout); workers not connected by then are "
+                "cancelled and asked for again, from the next pool that fits",
+                backend_option=True,
+            )
