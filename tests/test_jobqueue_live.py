@@ -13,6 +13,8 @@ job cannot go unnoticed.
 from __future__ import annotations
 
 import asyncio
+import getpass
+import json
 import os
 import shutil
 import signal
@@ -21,7 +23,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -36,6 +38,7 @@ from test_cli import scheduler_process, wait_for  # noqa: E402
 
 from dask_adaptive_plugin import AdaptivePlugin  # noqa: E402
 from dask_adaptive_plugin.backends.jobqueue import (  # noqa: E402
+    OARBackend,
     PBSBackend,
     SGEBackend,
     SLURMBackend,
@@ -51,7 +54,12 @@ LIVE_DIR = os.environ.get("DASK_ADAPTIVE_LIVE_DIR") or os.path.join(
 )
 
 
-BACKENDS = {"slurm": SLURMBackend, "sge": SGEBackend, "pbs": PBSBackend}
+BACKENDS = {
+    "slurm": SLURMBackend,
+    "sge": SGEBackend,
+    "pbs": PBSBackend,
+    "oar": OARBackend,
+}
 
 # -- the live systems ------------------------------------------------------------------
 
@@ -66,6 +74,8 @@ class LiveQueue:
     jobs_named: Callable[[str], Awaitable[dict[str, str]]]
     nodes: int = 1
     cpus_per_node: int = 1
+    #: Backend options this system needs beyond worker_options().
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def check(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> str:
@@ -182,6 +192,29 @@ def pbs(slurm):
     return LiveQueue("pbs", env, pbs_qstat_named)
 
 
+async def oarstat_named(cluster: str) -> dict[str, str]:
+    # JSON by job id; an empty output when there is no job
+    out = await run_command(["oarstat", "-u", getpass.getuser(), "-J"])
+    jobs = json.loads(out or "{}")
+    return {
+        job_id: job["state"]
+        for job_id, job in jobs.items()
+        if str(job.get("name") or "").startswith(f"{cluster}-")
+    }
+
+
+@pytest.fixture(scope="session")
+def oar():
+    """The OAR of start-oar.sh: its server, its node and its database."""
+    why = check(["oarstat", "-J"], {})
+    require_live("oar", not why, why)
+    # start-oar.sh gives each core the property memcore (MiB), which OAR
+    # reserves memory by (dask-jobqueue warns without it)
+    return LiveQueue(
+        "oar", {}, oarstat_named, options={"memory_per_core_property_name": "memcore"}
+    )
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 
@@ -222,7 +255,8 @@ async def adaptive_scheduler(
 async def scale_up_and_down(live: LiveQueue, maximum: int = 2) -> None:
     """Tasks bring jobs and workers; idle workers' jobs leave the queue."""
     name = "t" + uuid.uuid4().hex[:8]
-    async with adaptive_scheduler(live.backend, maximum, worker_options(name)) as (
+    options = worker_options(name, **live.options)
+    async with adaptive_scheduler(live.backend, maximum, options) as (
         s, c, plugin,
     ):  # fmt: skip
         futures = c.map(slowinc, range(20), delay=0.4)
@@ -369,6 +403,13 @@ async def test_slurm_job_of_two_workers_is_one_unit(slurm, tmp_path, monkeypatch
     )
 
 
+@pytest.mark.oar
+@gen_test(timeout=90)
+async def test_oar_scales_up_and_down(oar, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # OAR.<name>.<id>.stdout files land here
+    await scale_up_and_down(oar)
+
+
 @pytest.mark.parametrize(
     "system",
     [pytest.param(name, marks=getattr(pytest.mark, name)) for name in BACKENDS],
@@ -388,11 +429,11 @@ async def test_jobs_of_an_earlier_run_are_adopted_not_doubled(
     backend_cls = BACKENDS[system]
     async with Scheduler(host="127.0.0.1", dashboard_address=":0") as s:
         # the earlier run submits a job and ends without cleaning up (SIGKILL)
-        earlier = backend_cls(s, **worker_options(name))
+        earlier = backend_cls(s, **worker_options(name, **live.options))
         await earlier.scale_up(1)
         (job_id,) = earlier.jobs
 
-        restarted = backend_cls(s, **worker_options(name))
+        restarted = backend_cls(s, **worker_options(name, **live.options))
         await restarted.scale_up(1)  # before the earlier worker has connected
         assert list(restarted.jobs) == [job_id], "adopted, not submitted again"
         assert list(await live.jobs_named(name)) == [job_id]
@@ -400,7 +441,7 @@ async def test_jobs_of_an_earlier_run_are_adopted_not_doubled(
         assert recovered["adopted"] == [job_id]
 
         # another cluster's backend on this scheduler counts only its own jobs
-        other = backend_cls(s, **worker_options(other_name))
+        other = backend_cls(s, **worker_options(other_name, **live.options))
         await other.scale_up(1)
         await until(lambda: len(s.workers) == 2, 45, POLL, what="both workers")
         (address,) = [a for a, ws in s.workers.items() if ws.name.startswith(name)]
