@@ -7,6 +7,7 @@ Start it with ``dask scheduler --preload dask_adaptive_plugin`` or add an
 from __future__ import annotations
 
 from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend, PoolContext
+from dask_adaptive_plugin.cluster_adaptive import ClusterAdaptive
 from dask_adaptive_plugin.config import load_defaults
 from dask_adaptive_plugin.hints import request_workers
 from dask_adaptive_plugin.plugin import AdaptivePlugin
@@ -31,6 +32,7 @@ __all__ = [
     "AdaptivePlugin",
     "AdaptivePolicy",
     "Backend",
+    "ClusterAdaptive",
     "ClusterStats",
     "Down",
     "FixedPolicy",
