@@ -104,13 +104,19 @@ def test_efficiency_and_startup(tmp_path: Path) -> None:
     results = asyncio.run(
         efficiency.bench_efficiency(tiny, repeats=1, maximum=1, horizon=0.5)
     )
-    for side in ("plugin", "adaptive"):
+    for side in ("plugin", "adaptive", "cluster_adaptive"):
         (run,) = results["workloads"]["burst"][side]
         assert positive(run["makespan"]) and positive(run["worker_seconds"])
         assert run["series"][0] == (0.0, 0)
     startup = asyncio.run(efficiency.bench_worker_startup(repeats=1))
     assert all(positive(t) for times in startup.values() for t in times)
-    well_formed(efficiency.efficiency_rows(results, startup))
+    rows = efficiency.efficiency_rows(results, startup)
+    well_formed(rows)
+    assert [r.metric for r in rows if "ClusterAdaptive" in r.benchmark] == [
+        "submit → cluster.scale, median of 1",
+        "makespan, median of 1",
+        "worker-seconds, median of 1",
+    ]
     pytest.importorskip("matplotlib")
     report.plot_efficiency(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0

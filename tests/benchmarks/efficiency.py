@@ -7,6 +7,9 @@ processes; the other side is ``LocalCluster(n_workers=0,
 threads_per_worker=1).adapt(minimum=0, maximum=M)``, whose workers are
 processes under nannies in this process. Both keep their default timings
 (idle timeout 2 s; ``Adaptive``: a check a second, three checks to retire).
+A third side runs the same ``LocalCluster`` with
+``cluster.adapt(Adaptive=ClusterAdaptive, minimum=0, maximum=M)``: the plugin
+in that cluster's scheduler, scaling through ``cluster.scale``.
 
 Tasks sleep, so cores are not the bottleneck. Each repetition starts a fresh
 cluster at zero workers. Accounting starts just before the first submit;
@@ -26,7 +29,7 @@ from typing import Any
 from distributed import Client, LocalCluster, Scheduler
 
 from benchmarks.common import Row, WorkerTimeline, alternating, median, ratio
-from dask_adaptive_plugin import AdaptivePlugin
+from dask_adaptive_plugin import AdaptivePlugin, ClusterAdaptive
 from dask_adaptive_plugin.backends.local import LocalBackend
 
 MINIMUM = 0
@@ -206,6 +209,26 @@ async def adaptive_run(
         return result
 
 
+async def cluster_adaptive_run(
+    workload: Workload, maximum: int, horizon: float
+) -> dict[str, Any]:
+    """One run of ``workload`` on the reference ``LocalCluster``, adapted by
+    ``cluster.adapt(Adaptive=ClusterAdaptive)``."""
+    timeline = WorkerTimeline()
+    async with _reference_cluster() as cluster:
+        cluster.scheduler.add_plugin(timeline)
+        calls = _record_calls(cluster, "scale")
+        adaptive = await cluster.adapt(
+            Adaptive=ClusterAdaptive, minimum=MINIMUM, maximum=maximum
+        )
+        offset = time.time() - time.perf_counter()
+        async with Client(cluster, asynchronous=True) as client:
+            result = await measure(client, timeline, calls, workload, horizon)
+        result["decisions"] = _decisions(adaptive.log, offset, timeline.changes[0][0])
+        adaptive.stop(reason="benchmark done")
+        return result
+
+
 async def bench_efficiency(
     workloads: tuple[Workload, ...] = FULL,
     repeats: int = 3,
@@ -214,19 +237,25 @@ async def bench_efficiency(
 ) -> dict[str, Any]:
     """Each workload ``repeats`` times per side, sides alternating.
 
+    The third side, ``cluster_adaptive``, runs after each pair.
+
     Returns
     -------
     dict
         ``{"workloads": {name: {"plugin": [run, ...], "adaptive": [...],
-        "spec": {...}}}, "maximum": M, "horizon": s}``.
+        "cluster_adaptive": [...], "spec": {...}}}, "maximum": M, "horizon": s}``.
     """
-    sides = {"plugin": plugin_run, "adaptive": adaptive_run}
+    sides = {
+        "plugin": plugin_run,
+        "adaptive": adaptive_run,
+        "cluster_adaptive": cluster_adaptive_run,
+    }
     results: dict[str, Any] = {
-        w.name: {"plugin": [], "adaptive": [], "spec": asdict(w)} for w in workloads
+        w.name: {**{side: [] for side in sides}, "spec": asdict(w)} for w in workloads
     }
     for order in alternating(repeats):
         for workload in workloads:
-            for side in order:
+            for side in (*order, "cluster_adaptive"):
                 run = await sides[side](workload, maximum, horizon)
                 results[workload.name][side].append(run)
     return {"workloads": results, "maximum": maximum, "horizon": horizon}
@@ -322,6 +351,7 @@ def efficiency_rows(
                     note=_start_note(sides) if metric == "makespan" else better,
                 )
             )
+    rows += cluster_adaptive_rows(results)
     if startup:
         rows += [
             Row(
@@ -338,10 +368,59 @@ def efficiency_rows(
     return rows
 
 
-def _medians(sides: dict[str, Any], key: str) -> tuple[float, float]:
+def cluster_adaptive_rows(results: dict[str, Any]) -> list[Row]:
+    """The same LocalCluster, ``adapt(Adaptive=ClusterAdaptive)`` against
+    ``adapt()``: reaction over every run; makespan and worker-seconds per workload."""
+    workloads = results["workloads"]
+    if not all(sides.get("cluster_adaptive") for sides in workloads.values()):
+        return []
+    every = {
+        side: [run for sides in workloads.values() for run in sides[side]]
+        for side in ("adaptive", "cluster_adaptive")
+    }
+    n = len(every["cluster_adaptive"])
+    rows = [_versus(results, "reaction", f"submit → cluster.scale, median of {n}",
+                    "s", "first_scale_up", every)]  # fmt: skip
+    for name, sides in workloads.items():
+        n = len(sides["cluster_adaptive"])
+        for metric, unit, key in (
+            ("makespan", "s", "makespan"),
+            ("worker-seconds", "worker·s", "worker_seconds"),
+        ):
+            metric = f"{metric}, median of {n}"
+            rows.append(_versus(results, name, metric, unit, key, sides))
+    return rows
+
+
+def _versus(
+    results: dict[str, Any],
+    name: str,
+    metric: str,
+    unit: str,
+    key: str,
+    sides: dict[str, Any],
+) -> Row:
+    """One row: ClusterAdaptive's median of ``key`` against ``Adaptive``'s."""
+    ours, theirs = _medians(sides, key, "cluster_adaptive")
+    return Row(
+        benchmark=f"6 efficiency, ClusterAdaptive: {name}",
+        metric=metric,
+        unit=unit,
+        plugin=ours,
+        reference=theirs,
+        reference_name=f"LocalCluster.adapt(maximum={results['maximum']})",
+        target="≤ Adaptive",
+        holds=ours <= theirs,
+    )
+
+
+def _medians(
+    sides: dict[str, Any], key: str, side: str = "plugin"
+) -> tuple[float, float]:
+    """Medians of ``key`` for ``side`` and for distributed's ``Adaptive``."""
     return (
-        median(run[key] for run in sides["plugin"]),
-        median(run[key] for run in sides["adaptive"]),
+        median(run[key] for run in sides[side] if run[key] is not None),
+        median(run[key] for run in sides["adaptive"] if run[key] is not None),
     )
 
 

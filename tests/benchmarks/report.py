@@ -105,6 +105,10 @@ def plot_efficiency(results: dict[str, Any], path: Path) -> None:
     styles = {
         "plugin": ("tab:blue", "plugin (local backend)"),
         "adaptive": ("tab:orange", "LocalCluster.adapt()"),
+        "cluster_adaptive": (
+            "tab:green",
+            "LocalCluster.adapt(Adaptive=ClusterAdaptive)",
+        ),
     }
     for ax, (name, sides) in zip(axes[:, 0], workloads.items()):
         for side, (color, label) in styles.items():
