@@ -429,7 +429,9 @@ async def test_closing_while_workers_start_leaves_nothing_behind(sshd: LiveSSH) 
         await backend.scale_up(2)
         names = list(backend.workers)
         await backend.close()
-        # Long enough for a surviving worker to have started and connected.
+        # A surviving worker would start and connect within a start-up here
+        # (about a second, see test_workers_spread_over_hosts_and_really_stop):
+        # wait three.
         await asyncio.sleep(3)
         assert [pgrep(name) for name in names] == [[], []]
         assert not scheduler.workers

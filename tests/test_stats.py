@@ -94,11 +94,7 @@ async def test_stats_equal_recomputation_after_random_workloads(c, s, *workers, 
         await asyncio.sleep(rng.choice([0, 0, 0.005, 0.02]))
         assert plugin.stats.as_dict() == recount(s)
     futures.clear()
-    for _ in range(500):
-        if not s.tasks:
-            break
-        await asyncio.sleep(0.01)
-    assert not s.tasks, {k: ts.state for k, ts in list(s.tasks.items())[:5]}
+    await until(lambda: not s.tasks, what="every task released")
     assert plugin.stats.as_dict() == recount(s)
     assert set(plugin.stats.idle) == set(s.workers)
     assert not plugin.stats.busy
@@ -131,8 +127,7 @@ async def test_scattered_data_is_left_out_consistently(c, s, a, b):
     assert plugin.stats.as_dict() == recount(s)
     assert plugin.stats.counts["memory"] == 1
     del data, total
-    while s.tasks:
-        await asyncio.sleep(0.01)
+    await until(lambda: not s.tasks, what="every task released")
     assert plugin.stats.as_dict() == recount(s)
     assert plugin.stats.counts["memory"] == 0
 
