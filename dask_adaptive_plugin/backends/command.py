@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 #: The placeholders filled in each argument; nothing else in an argument is
 #: interpreted (other braces stay as they are).
-PLACEHOLDER = re.compile(r"\{(scheduler|name|job_id)\}")
+PLACEHOLDER = re.compile(r"\{(scheduler|name|job_id|resources)\}")
 
 
 @dataclass
@@ -36,6 +36,8 @@ class Launched:
     name: str
     job_id: str
     started: float
+    #: What it must provide, as ``dask worker --resources`` takes it: ``GPU=1,MEM=8e9``.
+    resources: str = ""
     #: Whether it has been seen connected to the scheduler.
     seen: bool = False
 
@@ -49,8 +51,9 @@ class CommandBackend(Backend):
     is always one argument and never interpreted; each argument may contain
     the placeholders ``{scheduler}`` (the scheduler's address), ``{name}``
     (a unique worker name, which the worker must use: ``dask worker --name
-    {name}``) and, in ``stop``, ``{job_id}`` (read from the start command's
-    standard output).
+    {name}``), ``{resources}`` (what the worker must provide, ``GPU=1,MEM=8e9``
+    or empty: ``dask worker --resources {resources}``) and, in ``stop``,
+    ``{job_id}`` (read from the start command's standard output).
 
     Parameters
     ----------
@@ -101,6 +104,8 @@ class CommandBackend(Backend):
             )  # fmt: skip
         self.job_id_pattern = _parse_pattern(job_id_pattern)
         self.needs_job_id = _uses(self.stop, "job_id")
+        self.passes_resources = _uses(self.start, "resources")
+        self._warned_resources = False
         self.threads_per_worker = parse_whole("threads_per_worker", threads_per_worker)
         self.start_timeout, self.command_timeout = (
             parse_duration(name, value, backend_option=True)
@@ -122,8 +127,11 @@ class CommandBackend(Backend):
     async def scale_up(self, n: int, **resources: Any) -> None:
         """Launch workers until this backend has ``n``, connected or on their way."""
         await self._stop_lost_workers()
-        for _ in range(n - len(self.workers)):
-            await self._launch()
+        missing = n - len(self.workers)
+        if missing > 0 and resources:
+            self._warn_if_resources_dropped(resources)
+        for _ in range(missing):
+            await self._launch(_resources_argument(resources))
 
     async def scale_down(self, workers: list[str]) -> None:
         """Run the stop command for each of these workers."""
@@ -147,6 +155,7 @@ class CommandBackend(Backend):
             "scheduler": self.scheduler.address,
             "name": worker.name,
             "job_id": worker.job_id,
+            "resources": worker.resources,
         }
         # one pass: a value that contains "{name}" is not filled in again
         return [PLACEHOLDER.sub(lambda m: values[m[1]], arg) for arg in template]
@@ -165,8 +174,22 @@ class CommandBackend(Backend):
             return match["job_id"]
         return match[1] if self.job_id_pattern.groups else match[0]
 
-    async def _launch(self) -> Launched:
-        worker = Launched(name=next(self._names), job_id="", started=time())
+    def _warn_if_resources_dropped(self, resources: dict[str, Any]) -> None:
+        """Say once that workers start without the resources asked for."""
+        if self.passes_resources or self._warned_resources:
+            return
+        self._warned_resources = True
+        logger.warning(
+            "command backend: workers are asked to provide %s, but the start "
+            "command has no {resources} placeholder (dask worker --resources "
+            "{resources}); they start without them",
+            _resources_argument(resources),
+        )
+
+    async def _launch(self, resources: str = "") -> Launched:
+        worker = Launched(
+            name=next(self._names), job_id="", started=time(), resources=resources
+        )
         out = await run_command(
             self.command(self.start, worker), timeout=self.command_timeout
         )
@@ -201,6 +224,14 @@ class CommandBackend(Backend):
             await self._stop_all(lost)
         except Exception as e:
             logger.warning("command backend: stopping lost workers failed: %s", e)
+
+
+def _resources_argument(resources: dict[str, Any]) -> str:
+    """``{"GPU": 1.0, "MEM": 8e9}`` as ``dask worker --resources`` takes it."""
+    return ",".join(
+        f"{key}={value:g}" if isinstance(value, (int, float)) else f"{key}={value}"
+        for key, value in resources.items()
+    )
 
 
 def _uses(command: list[str], placeholder: str) -> bool:
