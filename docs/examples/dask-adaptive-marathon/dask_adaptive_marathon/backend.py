@@ -71,6 +71,10 @@ class MarathonBackend(Backend):
         Threads per worker (default: ``cpus``, at least 1).
     worker_args
         Further ``dask worker`` arguments, a list or one string.
+    resources
+        What every worker provides (``dask worker --resources``), a mapping
+        such as ``{"GPU": 1}``. All instances of an app are alike, so
+        ``scale_up`` asked for resources they lack raises.
     env
         Environment variables of the app, a mapping.
     token
@@ -92,6 +96,7 @@ class MarathonBackend(Backend):
         cmd: Any = "dask worker",
         nthreads: Any = None,
         worker_args: Any = (),
+        resources: Any = None,
         env: Any = None,
         token: Any = None,
         request_timeout: Any = "30s",
@@ -109,6 +114,7 @@ class MarathonBackend(Backend):
         self.cmd = _optional_text("cmd", cmd) or "dask worker"
         self.nthreads = self.threads_per_worker = _parse_nthreads(nthreads, self.cpus)
         self.worker_args = parse_worker_args(worker_args)
+        self.resources = _parse_resources(resources)
         self.env = _parse_env(env)
         self.token = _optional_text("token", token)
         self.request_timeout = parse_duration(
@@ -121,7 +127,15 @@ class MarathonBackend(Backend):
     # -- the backend interface -----------------------------------------------------
 
     async def scale_up(self, n: int, **kwargs: Any) -> None:
-        """Raise the app's instances to ``n`` (staging tasks count)."""
+        """Raise the app's instances to ``n`` (staging tasks count).
+
+        Raises
+        ------
+        ValueError
+            if asked for resources (``kwargs``) that the app's workers do not
+            provide: its instances are all alike (the option ``resources``).
+        """
+        self._check_resources(kwargs)
         await self._ensure_app()
         app = (await self._request("GET", self._app_path()))["app"]
         if n > app["instances"]:
@@ -152,6 +166,16 @@ class MarathonBackend(Backend):
         if self._client is not None:
             self._client.close()
 
+    def _check_resources(self, wanted: dict[str, Any]) -> None:
+        lacking = {k: v for k, v in wanted.items() if self.resources.get(k, 0) < v}
+        if lacking:
+            raise ValueError(
+                f"marathon backend: workers asked to provide {lacking}, but every "
+                f"instance of app {self.app_id} provides {self.resources or 'none'} "
+                "(an app's instances are alike): give the pool these resources "
+                "with the backend option resources"
+            )
+
     # -- the app -----------------------------------------------------------------------
 
     def worker_command(self) -> str:
@@ -161,6 +185,7 @@ class MarathonBackend(Backend):
             self.scheduler_address,
             "--nthreads", str(self.nthreads),
             "--memory-limit", f"{int(self.mem * MEMORY_FRACTION)}MiB",
+            *_resources_args(self.resources),
             *self.worker_args,
         ]  # fmt: skip
         return shlex.join(args) + ' --name "$MESOS_TASK_ID"'
@@ -351,6 +376,32 @@ def _parse_nthreads(value: Any, cpus: float) -> int:
     if value is None:
         return max(1, int(cpus))
     return parse_count("nthreads", value, low=1, backend_option=True)  # type: ignore[return-value]
+
+
+def _parse_resources(value: Any) -> dict[str, float]:
+    accepted = "a mapping of resource names to numbers >= 0, such as {'GPU': 1}"
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise invalid("resources", value, accepted, backend_option=True)
+    resources = {}
+    for key, amount in value.items():
+        if (
+            not isinstance(key, str)
+            or not key
+            or isinstance(amount, bool)
+            or not isinstance(amount, (int, float))
+            or amount < 0
+        ):
+            raise invalid("resources", value, accepted, backend_option=True)
+        resources[key] = float(amount)
+    return resources
+
+
+def _resources_args(resources: dict[str, float]) -> list[str]:
+    if not resources:
+        return []
+    return ["--resources", ",".join(f"{k}={v:g}" for k, v in resources.items())]
 
 
 def _parse_env(value: Any) -> dict[str, str]:
