@@ -13,6 +13,7 @@ import pytest
 import yaml
 from distributed import Client, Scheduler, Worker
 from distributed.utils_test import gen_test, inc, slowinc
+from helpers import adaptive_cluster, until
 
 from dask_adaptive_plugin.ledger import RUNNING
 from dask_adaptive_plugin.simulate import (
@@ -25,7 +26,6 @@ from dask_adaptive_plugin.simulate import (
 )
 from dask_adaptive_plugin.simulate.engine import Engine
 from dask_adaptive_plugin.simulate.report import Histogram
-from helpers import adaptive_cluster, until
 
 #: One pool, unbounded but for ``maximum``, workers connecting after 1 s.
 ONE_SECOND = {"maximum": 10, "simulate": {"latency": "1s"}}
@@ -251,7 +251,7 @@ def test_a_dask_config_file_and_keyword_arguments_are_the_same_config(tmp_path: 
 @gen_test(timeout=60, clean_kwargs={"threads": False})
 async def test_a_recorded_trace_replays(tmp_path: Path):
     path = tmp_path / "trace.jsonl"
-    async with adaptive_cluster(maximum=2, record_trace=str(path)) as (s, c, plugin, _):
+    async with adaptive_cluster(maximum=2, record_trace=str(path)) as (_, c, _, _):
         slow = c.map(slowinc, range(6), delay=0.1, pure=False)
         after = c.map(inc, slow)  # dependents: runnable when their input is
         gpu = c.map(inc, range(3), resources={"GPU": 1}, pure=False)
@@ -425,7 +425,7 @@ def test_the_command_line_names_a_bad_input(tmp_path: Path):
     workload, _ = _write(tmp_path, {"phases": [{"kind": "burst"}]}, {})
     run = subprocess.run(
         [sys.executable, "-m", "dask_adaptive_plugin.simulate", str(workload)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
     )  # the same command, on its own
     assert run.returncode == 1
     assert f"workload {workload}, phase 1 (burst): missing field" in run.stderr
@@ -454,7 +454,7 @@ DASK_ADAPTIVE_SIMULATE = [sys.executable, "-m", "dask", "adaptive", "simulate"]
 def _cli(*args, env: dict | None = None) -> str:
     run = subprocess.run(
         [*DASK_ADAPTIVE_SIMULATE, *map(str, args)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, **(env or {})},
     )
     assert run.returncode == 0, run.stderr

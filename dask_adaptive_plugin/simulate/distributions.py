@@ -10,6 +10,7 @@ import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from dask.utils import parse_timedelta
@@ -52,16 +53,16 @@ class LogNormal:
 
     fixed = False
 
-    @property
+    @cached_property
     def mu(self) -> float:
         return math.log(self.median)
 
-    @property
+    @cached_property
     def sigma(self) -> float:
         return (math.log(self.p90) - math.log(self.median)) / Z90
 
     def sample(self, rng: random.Random) -> float:
-        return rng.lognormvariate(self.mu, self.sigma)
+        return math.exp(rng.gauss(self.mu, self.sigma))
 
     def describe(self) -> str:
         return f"lognormal, median {self.median:g}s, p90 {self.p90:g}s"

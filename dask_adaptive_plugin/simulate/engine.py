@@ -36,7 +36,7 @@ import math
 import random
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -46,6 +46,7 @@ from dask_adaptive_plugin.ledger import ON_THE_WAY
 from dask_adaptive_plugin.planner import Action, Cancel, Forget, Planner
 from dask_adaptive_plugin.policy import Down, Up
 from dask_adaptive_plugin.pools import Pool
+from dask_adaptive_plugin.simulate.distributions import Fixed
 from dask_adaptive_plugin.simulate.report import (
     Histogram,
     PoolFigures,
@@ -79,13 +80,13 @@ class Worker:
 
     __slots__ = (
         "address",
-        "name",
-        "pool",
-        "nthreads",
-        "free",
         "available",
-        "running",
         "connected",
+        "free",
+        "name",
+        "nthreads",
+        "pool",
+        "running",
         "shape",
     )
     #: What a policy reads of a ``WorkerState``: no data is simulated.
@@ -108,8 +109,16 @@ class Worker:
 class TaskClass:
     """Runnable tasks of one resource class: a queue, and counts per prefix."""
 
-    __slots__ = ("key", "needs", "resources", "queue", "queued", "running",
-                 "prefixes", "shapes")
+    __slots__ = (
+        "key",
+        "needs",
+        "prefixes",
+        "queue",
+        "queued",
+        "resources",
+        "running",
+        "shapes",
+    )
 
     def __init__(self, key: ResourceClass) -> None:
         self.key = key
@@ -128,7 +137,7 @@ class Shape:
     """Workers alike (threads and resources): which classes they fit, and
     which of them have room for each class, oldest first."""
 
-    __slots__ = ("resources", "cost", "classes", "ready")
+    __slots__ = ("classes", "cost", "ready", "resources")
 
     def __init__(self, resources: Mapping[str, float], cost: float) -> None:
         self.resources = dict(resources)
@@ -143,7 +152,7 @@ class Shape:
 class Launch:
     """A worker a simulated backend launched."""
 
-    __slots__ = ("name", "resources", "connected", "cancelled")
+    __slots__ = ("cancelled", "connected", "name", "resources")
 
     def __init__(self, name: str, resources: Mapping[str, float]) -> None:
         self.name, self.resources = name, resources
@@ -315,7 +324,7 @@ class Engine:
         started = time.perf_counter()
         self._next_arrival()
         self.poke()  # the controller's start: a minimum is honoured at once
-        handlers = {
+        handlers: dict[int, Callable[[Any], None]] = {
             ARRIVE: self._arrive,
             CELL: self._cell,
             COMPLETE: self._complete,
@@ -586,7 +595,7 @@ class Engine:
         self.waits.add(now - since, n)
         self.last_progress = now
         duration = spec.duration
-        if duration.fixed:
+        if isinstance(duration, Fixed):
             self._at(now + duration.seconds, (worker, cls, spec, n, duration.seconds, cell))
         else:
             for _ in range(n):
@@ -800,6 +809,5 @@ def _capacity(worker: Worker, cls: TaskClass) -> int:
     n = worker.free
     for resource, amount in cls.needs:
         fits = int((worker.available.get(resource, 0.0) + EPSILON) // amount)
-        if fits < n:
-            n = fits
+        n = min(n, fits)
     return n

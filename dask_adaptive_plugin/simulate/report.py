@@ -41,8 +41,7 @@ class Histogram:
     def add(self, value: float, n: int = 1) -> None:
         self.count += n
         self.total += value * n
-        if value > self.max:
-            self.max = value
+        self.max = max(self.max, value)
         if value <= NO_WAIT:
             self.zero += n
             return

@@ -47,7 +47,11 @@ from dask_adaptive_plugin.planner import PoolRuntime
 from dask_adaptive_plugin.plugin import check_bounds, make_policy
 from dask_adaptive_plugin.policy import Policy
 from dask_adaptive_plugin.pools import Pool, resolve_pools
-from dask_adaptive_plugin.simulate.distributions import Duration, Fixed, parse_duration_spec
+from dask_adaptive_plugin.simulate.distributions import (
+    Duration,
+    Fixed,
+    parse_duration_spec,
+)
 
 #: ``AdaptivePlugin``'s keyword arguments other than policy options.
 PLUGIN_ARGUMENTS = (

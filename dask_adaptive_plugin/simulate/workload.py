@@ -357,7 +357,7 @@ class _Fields:
             raise self.bad(name, value, f"a whole number >= {low}")
         return value
 
-    def time(self, name: str, default: float | None = None, positive: bool = False) -> float:
+    def time(self, name: str, default: Any = None, positive: bool = False) -> float:
         value = self.required(name) if default is None else self.data.get(name, default)
         accepted = f"a duration {'> 0' if positive else '>= 0'} such as '30s', '2h'"
         try:
