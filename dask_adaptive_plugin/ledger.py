@@ -141,6 +141,9 @@ class Ledger:
         self.counts: dict[str | None, Counter[str]] = {p: Counter() for p in self.pools}
         self.counts[None] = Counter()
         self.threads: Counter[str | None] = Counter()
+        #: Changes whenever a count, a pool's threads or what it lacks change,
+        #: so that a view built from them can be reused until then.
+        self.version = 0
         self.latency: dict[str, Latency] = {p: Latency() for p in self.pools}
         #: The same latencies in buckets, for metrics.
         self.startup = {p: Histogram(STARTUP_BUCKETS) for p in self.pools}
@@ -151,6 +154,9 @@ class Ledger:
         self.held: dict[str, float] = {}
         self._by_name: dict[str, Entry] = {}
         self._by_address: dict[str, Entry] = {}
+        #: address -> pool of every connected worker (``None``: no pool): a
+        #: plain dict, for the policy's per-worker lookups.
+        self.pool_of_address: dict[str, str | None] = {}
         #: Requested entries the backend has not named yet, oldest first.
         self._unnamed: dict[str, deque[Entry]] = {p: deque() for p in self.pools}
         #: Entries on their way, by request order (so by deadline) per pool.
@@ -224,7 +230,7 @@ class Ledger:
             for _ in range(count)
         ]
         for entry in entries:
-            self.counts[pool][REQUESTED] += 1
+            self._count_new(pool)
             self._unnamed[pool].append(entry)
             self._on_the_way[pool].append(entry)
         return entries
@@ -300,7 +306,7 @@ class Ledger:
             entry = queue.popleft()
         else:  # not asked for by this run: adopted from an earlier one
             entry = Entry(pool, REQUESTED, now, now + timeout)
-            self.counts[pool][REQUESTED] += 1
+            self._count_new(pool)
             self._on_the_way[pool].append(entry)
         entry.name = name
         self._by_name[name] = entry
@@ -330,6 +336,7 @@ class Ledger:
             entry = self._claim(name, now, unnamed_from)
         if entry.address is not None:
             self._by_address.pop(entry.address, None)
+            self.pool_of_address.pop(entry.address, None)
         if entry.state in ON_THE_WAY:
             if entry.pool is not None:
                 self.latency[entry.pool].add(now - entry.requested)
@@ -338,7 +345,9 @@ class Ledger:
         entry.address, entry.connected, entry.leaving = address, now, None
         entry.nthreads = nthreads
         self.threads[entry.pool] += nthreads
+        self.version += 1
         self._by_address[address] = entry
+        self.pool_of_address[address] = entry.pool
         self._learn_lacks(entry, resources)
         return entry
 
@@ -350,7 +359,7 @@ class Ledger:
             entry = min(queues, key=lambda q: q[0].requested).popleft()
         else:
             entry = Entry(pool, REQUESTED, now, now)
-            self.counts[pool][REQUESTED] += 1
+            self._count_new(pool)
         entry.name = name
         self._by_name[name] = entry
         return entry
@@ -365,16 +374,28 @@ class Ledger:
         if entry.pool is None:
             return
         missing = {r for r, a in entry.resources.items() if resources.get(r, 0) < a}
-        self.lacks[entry.pool] |= missing
+        if not missing <= self.lacks[entry.pool]:
+            self.lacks[entry.pool] |= missing
+            self.version += 1
+
+    def forget_lacks(self, needed: set[str]) -> None:
+        """Forget what pools lack, but for resources still ``needed``: a need
+        that went away and comes back is tried again."""
+        for lacks in self.lacks.values():
+            if not lacks <= needed:
+                lacks &= needed
+                self.version += 1
 
     def left(self, address: str, now: float, timeout: float = 0.0) -> Departure | None:
         """A worker left the scheduler. ``timeout``: how long one that is
         restarting may take to come back."""
         entry = self._by_address.pop(address, None)
+        self.pool_of_address.pop(address, None)
         self.held.pop(address, None)
         if entry is None:
             return None
         self.threads[entry.pool] -= entry.nthreads
+        self.version += 1
         lifetime = now - (entry.connected or now)
         self._ended[address] = entry
         if entry.leaving == "restart" and entry.pool is not None:
@@ -424,18 +445,26 @@ class Ledger:
 
     # -- bookkeeping --------------------------------------------------------------------
 
+    def _count_new(self, pool: str | None) -> None:
+        self.counts[pool][REQUESTED] += 1
+        self.version += 1
+
     def _move(self, entry: Entry, state: str) -> None:
+        self.version += 1
         counts = self.counts[entry.pool]
         counts[entry.state] -= 1
         counts[state] += 1
         entry.state = state
 
     def _move_pool(self, entry: Entry, pool: str) -> None:
+        self.version += 1
         self.counts[entry.pool][entry.state] -= 1
         self.counts[pool][entry.state] += 1
         if entry.address is not None:
             self.threads[entry.pool] -= entry.nthreads
             self.threads[pool] += entry.nthreads
+            if entry.address in self.pool_of_address:
+                self.pool_of_address[entry.address] = pool
         entry.pool = pool
 
     def _end(self, entry: Entry, state: str, now: float, why: str) -> None:

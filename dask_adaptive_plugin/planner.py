@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask_adaptive_plugin.ledger import (
@@ -155,29 +155,40 @@ class Planner:
         self.misconfigured: set[str] = set()
         #: Floors asked for by users who know what is coming.
         self.hints: list[Hint] = []
+        #: Views reused between evaluations while the ledger does not change.
+        self._pool_supplies: dict[str, tuple[tuple[Any, ...], PoolSupply]] = {}
+        self._fits: dict[tuple[tuple[str, float], ...], tuple[int, ...]] = {}
+        self._fits_version = -1
 
     # -- the view the policy gets -------------------------------------------------------
 
     def supply(self, now: float) -> Supply:
+        """The policy's view of supply: built anew only where it changed."""
         ledger = self.ledger
         floors = self._floors(now)
+        if ledger.version != self._fits_version:
+            self._fits.clear()  # what a pool lacks may have changed
+            self._fits_version = ledger.version
         return Supply(
-            pools=tuple(
-                replace(self._pool_supply(p, now), floor=floors.get(p.name, 0))
-                for p in self.pools
-            ),
+            pools=tuple(self._pool_supply(p, now, floors.get(p.name, 0)) for p in self.pools),
             minimum=max(self.minimum, floors.get(None, 0)),
             maximum=self.maximum,
             unmanaged=ledger.count(None, RUNNING, RETIRING),
-            pool_of=_PoolOf(ledger.by_address),
+            pool_of=ledger.pool_of_address,
             held=ledger.held,
+            fits=self._fits,
         )
 
-    def _pool_supply(self, p: PoolRuntime, now: float) -> PoolSupply:
+    def _pool_supply(self, p: PoolRuntime, now: float, floor: int) -> PoolSupply:
+        """One pool's view; the last one again if nothing it shows changed."""
         ledger, name = self.ledger, p.name
+        key = (ledger.version, self.available(name, now), floor)
+        cached = self._pool_supplies.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         running = ledger.count(name, RUNNING)
         latency = ledger.latency[name]
-        return PoolSupply(
+        view = PoolSupply(
             pool=p.pool,
             maximum=p.maximum,
             running=running,
@@ -187,11 +198,14 @@ class Planner:
                 ledger.threads[name] / running if running else p.threads_per_worker
             )
             or 1.0,
-            available=self.available(name, now),
+            available=key[1],
             lacks=frozenset(ledger.lacks[name]),
             startup=latency.median,
             startup_p90=latency.p90,
+            floor=floor,
         )
+        self._pool_supplies[name] = (key, view)
+        return view
 
     # -- hints --------------------------------------------------------------------------
 
@@ -255,13 +269,14 @@ class Planner:
         self.evaluations += 1
         busy = set(busy)
         actions: list[Action] = []
-        for p in self.pools:
-            if p.name in busy:
-                continue
-            action = self._overdue(p, now) or self._forget_crashed(p)
-            if action is not None:
-                actions.append(action)
-                busy.add(p.name)
+        if self._housekeeping_due(now):
+            for p in self.pools:
+                if p.name in busy:
+                    continue
+                action = self._overdue(p, now) or self._forget_crashed(p)
+                if action is not None:
+                    actions.append(action)
+                    busy.add(p.name)
         plan = self.policy.decide(snapshot, self.supply(now), now)
         self.global_state.failures = 0
         self.last_plan = plan
@@ -276,6 +291,12 @@ class Planner:
                 if down.pool is not None:
                     busy.add(down.pool)
         return Evaluation(tuple(actions), self._deadline(plan, now), plan)
+
+    def _housekeeping_due(self, now: float) -> bool:
+        """Whether a request is overdue or a crash unreported: O(1) mostly."""
+        deadline = self.ledger.next_deadline()
+        overdue = deadline is not None and deadline <= now
+        return overdue or any(state.crashed for state in self.state.values())
 
     def _deadline(self, plan: Plan, now: float) -> float | None:
         deadlines = [plan.deadline, self.ledger.next_deadline()]
@@ -314,9 +335,8 @@ class Planner:
             if key not in self.unsatisfiable:
                 self.record(self._unsatisfiable_record(need))
         self.unsatisfiable = current
-        needed = {r for n in snapshot.needs for r in n.resources}
-        for lacks in self.ledger.lacks.values():
-            lacks &= needed  # learned anew once the need is back
+        # learned anew once the need is back
+        self.ledger.forget_lacks({r for n in snapshot.needs for r in n.resources})
 
     def _unsatisfiable_record(self, need: Need) -> dict[str, Any]:
         provides = {
@@ -674,26 +694,6 @@ class Planner:
             now,
         )
         return departure
-
-
-class _PoolOf(Mapping[str, "str | None"]):
-    """address -> pool, read through the ledger's live map (no copy)."""
-
-    def __init__(self, by_address: Mapping[str, Entry]) -> None:
-        self._by_address = by_address
-
-    def __getitem__(self, address: str) -> str | None:
-        return self._by_address[address].pool
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._by_address)
-
-    def __len__(self) -> int:
-        return len(self._by_address)
-
-    def get(self, address: str, default: Any = None) -> Any:  # type: ignore[override]
-        entry = self._by_address.get(address)
-        return default if entry is None else entry.pool
 
 
 def _action_name(action: Action) -> str:

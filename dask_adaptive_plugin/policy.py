@@ -16,9 +16,10 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 from dask_adaptive_plugin.pools import Pool
@@ -102,10 +103,26 @@ class Supply:
     pool_of: Mapping[str, str | None] = field(default_factory=dict)
     #: address -> not retired before (monotonic seconds).
     held: Mapping[str, float] = field(default_factory=dict)
+    #: Which pools (their indices) fit a need, kept by the planner between
+    #: evaluations for as long as no pool learns what it lacks.
+    fits: dict[tuple[tuple[str, float], ...], tuple[int, ...]] = field(
+        default_factory=dict
+    )
 
     @property
     def total(self) -> int:
         return sum(p.supply for p in self.pools) + self.unmanaged
+
+    def fitting(self, needs: Mapping[str, float]) -> list[PoolSupply]:
+        """The pools whose workers provide ``needs``, cheapest first."""
+        key = tuple(sorted(needs.items())) if needs else ()
+        found = self.fits.get(key)
+        if found is None:
+            found = self.fits[key] = tuple(
+                i for i, p in enumerate(self.pools) if p.fits(needs)
+            )
+        pools = self.pools
+        return [pools[i] for i in found]
 
     def get(self, name: str) -> PoolSupply:
         return next(p for p in self.pools if p.name == name)
@@ -184,13 +201,17 @@ class Policy:
 # -- allocation: needs to pools --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Demand:
-    """Threads a need calls for, and why."""
+class Demand(NamedTuple):
+    """Threads a need calls for, and why.
+
+    ``why`` is the reason, or a function that gives it: most demands start
+    no worker, and their words are then never needed. (A named tuple: one is
+    made per resource class in every evaluation.)
+    """
 
     resources: Mapping[str, float]
     threads: float
-    reason: str
+    why: str | Callable[[], str]
     cause: str = "queued-work"
     #: Only counts in whole workers (a floor: a minimum, memory).
     workers: int = 0
@@ -198,6 +219,10 @@ class Demand:
     #: not declare its resources is asked for (its running workers may lack
     #: them; only those asked for this need count).
     waiting_threads: float = 0
+
+    @property
+    def reason(self) -> str:
+        return self.why if isinstance(self.why, str) else self.why()
 
 
 @dataclass
@@ -231,7 +256,7 @@ def allocate(demands: list[Demand], supply: Supply, floor: int = 0) -> Allocatio
     room = math.inf if supply.maximum is None else supply.maximum - supply.total
     # Each need's pools are found once (fits() is the costly part with many
     # pools and classes); the sort is stable, as sorting the needs was.
-    served = [(d, [p for p in supply.pools if p.fits(d.resources)]) for d in demands]
+    served = [(d, supply.fitting(d.resources)) for d in demands]
     served.sort(key=lambda pair: (len(pair[1]), not pair[0].resources))
     left = []
     for demand, fitting in served:
@@ -281,19 +306,23 @@ def _keep(
     """Take workers that are there for ``demand``; returns what is still wanted
     (threads for work, workers for a floor)."""
     want: float = demand.workers - minus if demand.workers else demand.threads
-    candidates: list[tuple[str | None, float]] = [
-        (p.name, p.threads_per_worker) for p in pools
-    ]
-    if include_unmanaged:
-        candidates.append((None, 1.0))
-    for name, tpw in candidates:
+    kept = result.kept
+    for p in pools:
         if want <= 0:
-            break
-        per = 1.0 if demand.workers else tpw
+            return want
+        name = p.pool.name
+        if not free[name]:
+            continue
+        per = 1.0 if demand.workers else p.threads_per_worker
         take = min(free[name], math.ceil(want / per))
         free[name] -= take
-        result.kept[name] += take
+        kept[name] += take
         want -= take * per
+    if include_unmanaged and want > 0 and free[None]:
+        take = min(free[None], math.ceil(want))
+        free[None] -= take
+        kept[None] += take
+        want -= take
     return want
 
 
@@ -633,16 +662,13 @@ class AdaptivePolicy(Policy):
         threads = self.threads_for(need.seconds, need.tasks)
         waiting = need.seconds * need.waiting / need.tasks if need.tasks else 0.0
         waiting_threads = self.threads_for(waiting, need.waiting)
-        work = f"~{need.seconds:.3g}s of work"
-        if need.resources:
-            wanted = ", ".join(f"{r}={a:g}" for r, a in need.resources.items())
-            why = f"{tasks(need.tasks, 'runnable task')} need {wanted}, {work}"
-        else:
-            why = f"{tasks(need.tasks, 'runnable task')}, {work}"
-            if s.queued and not s.idle:
-                waits = "waits" if s.queued == 1 else "wait"
-                why = f"{tasks(s.queued, 'task')} {waits} for a worker; {why}"
-        return Demand(need.resources, threads, why, waiting_threads=waiting_threads)
+        queued = s.queued if s.queued and not s.idle else 0
+        return Demand(
+            need.resources,
+            threads,
+            partial(_need_reason, need, queued),
+            waiting_threads=waiting_threads,
+        )
 
     def threads_for(self, seconds: float, tasks: int) -> int:
         """Threads that run ``tasks`` taking ``seconds`` within the target
@@ -757,6 +783,19 @@ def _rename_floor(allocation: Allocation, reason: str, cause: str) -> None:
         for i, d in enumerate(demands):
             if d.cause == "minimum" and d.reason.startswith("minimum is "):
                 demands[i] = Demand(d.resources, d.threads, reason, cause, d.workers)
+
+
+def _need_reason(need: Need, queued: int) -> str:
+    """Why a need wants workers, in words."""
+    work = f"~{need.seconds:.3g}s of work"
+    if need.resources:
+        wanted = ", ".join(f"{r}={a:g}" for r, a in need.resources.items())
+        return f"{tasks(need.tasks, 'runnable task')} need {wanted}, {work}"
+    why = f"{tasks(need.tasks, 'runnable task')}, {work}"
+    if queued:
+        waits = "waits" if queued == 1 else "wait"
+        why = f"{tasks(queued, 'task')} {waits} for a worker; {why}"
+    return why
 
 
 def tasks(count: int, noun: str) -> str:
