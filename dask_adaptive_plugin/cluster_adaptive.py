@@ -132,10 +132,27 @@ class ClusterBackend(Backend):
         await self._correct_state()
 
     async def scale_down(self, workers: list[str]) -> None:
-        """Remove the plan entries (whole jobs) of the workers at these addresses."""
+        """Remove the plan entries (whole jobs) of the workers at these
+        addresses, and every entry still waiting to start.
+
+        Workers are retired when the cluster has more than it needs, so a
+        job still waiting in the queue is not needed either (as the
+        ``slurm``, ``pbs``... backends do).
+        """
         if not self._unchanged():
             return
-        await self._remove(self.entries_of(self.names(workers)))
+        waiting = self.waiting()
+        if waiting:
+            self.log_event(
+                {
+                    "status": "cancelled",
+                    "entries": [str(key) for key in waiting],
+                    "reason": "workers are being retired, so plan entries still "
+                    "waiting to start (queued jobs) are not needed",
+                }
+            )
+        retired = self.entries_of(self.names(workers))
+        await self._remove(waiting + [key for key in retired if key not in waiting])
 
     def report(self) -> dict[str, str] | None:
         """The cluster's plan, by worker name: started, or not yet.
@@ -157,16 +174,9 @@ class ClusterBackend(Backend):
         }
 
     async def cancel_pending(self) -> None:
-        """Remove the plan entries none of whose workers has connected."""
-        if not self._unchanged():
-            return
-        aliases = self.scheduler.aliases
-        late = [
-            key
-            for key, spec in list(self.cluster.worker_spec.items())
-            if not any(name in aliases for name in self.worker_names(key, spec))
-        ]
-        await self._remove(late)
+        """Remove the plan entries none of whose workers has connected (overdue)."""
+        if self._unchanged():
+            await self._remove(self.waiting())
 
     def stopped_together(self, address: str) -> list[str]:
         """The connected workers of this worker's plan entry (its batch job)."""
@@ -215,6 +225,15 @@ class ClusterBackend(Backend):
             key
             for key, spec in list(self.cluster.worker_spec.items())
             if wanted.intersection(map(str, self.worker_names(key, spec)))
+        ]
+
+    def waiting(self) -> list[Hashable]:
+        """The plan entries none of whose workers has connected (queued jobs)."""
+        aliases = self.scheduler.aliases
+        return [
+            key
+            for key, spec in list(self.cluster.worker_spec.items())
+            if not any(name in aliases for name in self.worker_names(key, spec))
         ]
 
     def planned_workers(self) -> int:

@@ -3,7 +3,8 @@
 ``LocalCluster(processes=True)`` runs real worker processes under nannies;
 the live tests drive a real ``dask_jobqueue.SLURMCluster`` against the Slurm
 of ``.ci/live/start-slurm.sh`` and read the queue with ``squeue``. Every wait
-is on a condition (``helpers.until``).
+for something to happen is on a condition (``helpers.until``); only checks
+that something does *not* happen let time pass.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import dask
 import pytest
-from distributed import Client, LocalCluster, wait
+from conftest import require_live
+from distributed import Client, LocalCluster, Scheduler, Worker, wait
 from distributed.core import rpc
 from distributed.deploy.cluster import Cluster
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.utils_test import gen_test, inc, slowinc
-from helpers import Watcher, events, statuses, until
+from helpers import Watcher, errors, events, statuses, until
 
 from dask_adaptive_plugin import AdaptivePlugin, ClusterAdaptive
 from dask_adaptive_plugin.cluster_adaptive import ClusterBackend
@@ -34,7 +37,7 @@ except pytest.skip.Exception:
 
     @pytest.fixture
     def slurm():
-        pytest.skip("dask-jobqueue is not installed")
+        require_live("slurm", False, "dask-jobqueue is not installed")
 
 
 #: Seconds between looks at the Slurm queue while waiting.
@@ -139,6 +142,70 @@ async def test_the_backend_reports_the_plan_and_maps_names_to_entries():
         await until(lambda: len(cluster.scheduler.workers) == 1)
 
 
+# -- entries that wait: what a batch job in a queue looks like ----------------------------
+
+
+class NeverConnects(ProcessInterface):
+    """A plan entry that starts and whose worker never connects: a queued job."""
+
+    def __init__(self, scheduler: str | None = None, name: Any = None) -> None:
+        super().__init__(scheduler, name)
+
+
+def waiting_cluster(**workers: Any) -> SpecCluster:
+    """A SpecCluster whose new entries wait forever; ``workers``: real ones."""
+    return SpecCluster(
+        workers={name: {"cls": Worker, "options": {"nthreads": 1}} for name in workers},
+        worker={"cls": NeverConnects, "options": {}},
+        scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+        asynchronous=True,
+    )
+
+
+#: The policy believes each task takes 10 s, so it wants every worker it may have.
+LONG_TASKS = {"distributed.scheduler.default-task-durations": {"slowinc": 10}}
+
+
+@gen_test(timeout=60)
+async def test_waiting_entries_count_are_not_doubled_and_are_cancelled_when_overdue():
+    with dask.config.set(LONG_TASKS):
+        async with (
+            waiting_cluster() as cluster,
+            Client(cluster, asynchronous=True) as c,
+        ):
+            result = await cluster.adapt(
+                Adaptive=ClusterAdaptive, maximum=2, start_timeout="1s"
+            )
+            futures = c.map(slowinc, range(4), delay=0.1)
+            await until(lambda: len(cluster.workers) == 2, what="two entries started")
+            assert set(result.backend.report().values()) == {"running"}
+            await until(lambda: errors(result.plugin, "start"), what="overdue")
+            assert "did not deliver" in errors(result.plugin, "start")[0]["reason"]
+            assert len(cluster.worker_spec) <= 2  # counted while waiting: never doubled
+            await until(lambda: not cluster.worker_spec, what="the entries cancelled")
+            await c.cancel(futures)
+
+
+@gen_test(timeout=60)
+async def test_retiring_workers_also_cancels_entries_still_waiting():
+    with dask.config.set(LONG_TASKS):
+        async with (
+            waiting_cluster(real=True) as cluster,
+            Client(cluster, asynchronous=True) as c,
+        ):
+            result = await cluster.adapt(
+                Adaptive=ClusterAdaptive, maximum=3, idle_timeout="300ms"
+            )
+            futures = c.map(slowinc, range(4), delay=0.1)
+            await until(lambda: len(cluster.worker_spec) == 3, what="two waiting")
+            assert await c.gather(futures) == [1, 2, 3, 4]
+            del futures
+            await until(lambda: not cluster.worker_spec, what="all retired")
+            (cancelled,) = [e for _, e in result.log if e["status"] == "cancelled"]
+            assert len(cancelled["entries"]) == 2 and "real" not in cancelled["entries"]
+            assert "down" in statuses(result.plugin)
+
+
 # -- settings, manual scaling, stopping -----------------------------------------------------
 
 
@@ -207,7 +274,8 @@ def test_a_synchronous_cluster_attaches_at_once_and_stops_from_another_thread():
     with LocalCluster(
         n_workers=0, processes=True, threads_per_worker=1, dashboard_address=":0"
     ) as cluster, Client(cluster) as c:  # fmt: skip
-        result = cluster.adapt(Adaptive=ClusterAdaptive, maximum=2, idle_timeout="1s")
+        # only keywords distributed's Adaptive takes too: it gets them next
+        result = cluster.adapt(Adaptive=ClusterAdaptive, maximum=2)
         assert result.state == "running" and plugins_on(cluster) == [result.plugin]
         assert c.gather(c.map(slowinc, range(6), delay=0.1)) == list(range(1, 7))
         cluster.adapt(maximum=1)  # distributed's own Adaptive takes over
@@ -397,7 +465,7 @@ async def test_slurm_cluster_adapt_scales_jobs_up_and_down(live_slurm):
         await until(lambda: no_jobs(name), 30, POLL, what="the jobs cancelled")
         assert not cluster.worker_spec
         log = statuses(result.plugin)
-        assert "up" in log and "down" in log and "error" not in log
+        assert "up" in log and "down" in log and "error" not in log, result.log
     assert await no_jobs(name), "a job outlived the cluster"
 
 
