@@ -195,12 +195,16 @@ stand_in = os.path.join(os.environ["KIT_STAND_IN"], "condor_submit")
 os.execv(stand_in, [stand_in, *sys.argv[1:-1], script])
 """
 
-#: Options each stand-in system needs beyond the common ones.
+#: Options each stand-in system needs beyond the common ones. LSF's jobs run
+#: two workers each, retired as one unit: stopped_together is checked with
+#: units larger than one worker.
 STAND_IN_OPTIONS = {
-    "lsf": {"lsf_units": "mb"},
+    "lsf": {"lsf_units": "mb", "cores": 2, "memory": "2GB", "processes": 2},
     "htcondor": {"disk": "1GB"},
     "moab": {},
 }
+#: Workers the kit asks for, per stand-in system: two jobs of two for LSF.
+STAND_IN_WORKERS = {"lsf": 4}
 
 
 def stand_in_queue(
@@ -239,7 +243,11 @@ def stand_in_queue(
                     queue.kill_all()
 
         return BackendUnderTest(
-            system, start_timeout=LOCAL_START, environment=environment, restart=True
+            system,
+            workers=STAND_IN_WORKERS.get(system, 2),
+            start_timeout=LOCAL_START,
+            environment=environment,
+            restart=True,
         )
 
     return make

@@ -380,7 +380,7 @@ async def step_stopped_together(run: LifecycleRun) -> None:
     h = run.h
     workers = h.workers()
     for address in workers:
-        unit = h_stopped_together(run, address)
+        unit = unit_of(run.backend, address)
         run.units[address] = unit
     for address, unit in run.units.items():
         name = workers[address]
@@ -405,9 +405,9 @@ async def step_stopped_together(run: LifecycleRun) -> None:
                 )
 
 
-def h_stopped_together(run: LifecycleRun, address: str) -> frozenset[str]:
+def unit_of(backend: Any, address: str) -> frozenset[str]:
     """``stopped_together(address)``, a plain function as the plugin calls it."""
-    method = getattr(run.backend, "stopped_together", None)
+    method = getattr(backend, "stopped_together", None)
     if method is None:
         return frozenset([address])
     try:
@@ -607,7 +607,8 @@ async def run_cancel_pending(spec: BackendUnderTest, settle: float) -> None:
 
 async def run_restart(spec: BackendUnderTest, settle: float) -> None:
     """An earlier backend at the same address asks for a worker and is lost
-    (no close); a new one, asked for the same, must adopt or remove it.
+    (no close); a new one, asked for the same, must adopt or remove it: the
+    workers that connect are one unit (one worker, or one batch job's).
 
     Raises
     ------
@@ -625,7 +626,8 @@ async def run_restart(spec: BackendUnderTest, settle: float) -> None:
                 f"start_timeout ({spec.start_timeout:g} s)"
             )
         await asyncio.sleep(settle)
-        if len(h.workers()) > 1:
+        units = {unit_of(restarted, address) for address in h.workers()}
+        if len(units) > 1:
             raise Violation(
                 f"the earlier backend's worker and the restarted backend's both "
                 f"connected ({sorted(h.workers().values())}) for scale_up(1): a "
