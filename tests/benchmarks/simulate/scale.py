@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from dask_adaptive_plugin import policy
+from dask_adaptive_plugin.ledger import ON_THE_WAY
 from dask_adaptive_plugin.simulate import load_settings, load_workload
 from dask_adaptive_plugin.simulate.engine import Engine
 from dask_adaptive_plugin.simulate.report import peak_memory
@@ -98,16 +100,82 @@ def reporting(engine: Engine, snapshot: Any) -> Any:
     return wrapper
 
 
+def overdue_in_deadline_order(ledger: Any, pool: str, now: float) -> list[Any]:
+    """A proposed ``Ledger.overdue``: the entries on their way are kept in
+    request order, and every deadline is the request (or restart) time plus
+    the pool's one ``start_timeout``, so deadlines are in order: stop at the
+    first one not due, instead of reading every entry behind a waiting one."""
+    due = []
+    for entry in ledger._prune(pool):
+        if entry.deadline > now:
+            break
+        if entry.state in ON_THE_WAY:
+            due.append(entry)
+    return due
+
+
+class IdleByPool(dict):  # type: ignore[type-arg]
+    """The idle map (address -> since, oldest first), also kept per pool:
+    what a proposed ``ClusterStats`` would offer the policy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_pool: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def pool_of(address: str) -> str:
+        return address.removeprefix("sim://").rpartition("-")[0]  # "<pool>-<n>"
+
+    def __setitem__(self, address: str, since: float) -> None:
+        super().__setitem__(address, since)
+        self.by_pool.setdefault(self.pool_of(address), {})[address] = since
+
+    def pop(self, address: str, default: Any = None) -> Any:
+        self.by_pool.get(self.pool_of(address), {}).pop(address, None)
+        return super().pop(address, default)
+
+
+def expired_per_pool(
+    snapshot: Any, supply: Any, surplus: Any, timeouts: Any, now: float
+) -> tuple[dict[Any, list[str]], float | None]:
+    """A proposed ``policy._expired``: read only the pools that have a
+    surplus, each oldest first, stopping at its first worker not idle long
+    enough, instead of every idle worker past the shortest timeout."""
+    held, states = supply.held.get, snapshot.worker_states
+    expired: dict[Any, list[str]] = {}
+    deadline = None
+    for pool in surplus:
+        timeout = timeouts[pool]
+        for address, since in snapshot.idle.by_pool.get(pool, {}).items():
+            ready = since + timeout
+            if ready > now:
+                deadline = ready if deadline is None else min(deadline, ready)
+                break
+            hold = held(address)
+            if hold is not None and hold > ready:
+                deadline = hold if deadline is None else min(deadline, hold)
+                continue
+            if address in states:
+                expired.setdefault(pool, []).append(address)
+    return expired, deadline
+
+
 def run(
     scale: float,
     seed: int,
     horizon: float | None,
     policy_options: dict[str, Any] | None = None,
     progress: bool = False,
+    proposed: bool = False,
 ) -> dict[str, Any]:
     workload, config = scaled(scale)
     config["adaptive-plugin"].setdefault("policy-options", {}).update(policy_options or {})
     engine = Engine(load_settings(config), load_workload(workload), seed, horizon)
+    if proposed:
+        ledger = engine.planner.ledger
+        ledger.overdue = functools.partial(overdue_in_deadline_order, ledger)
+        engine.idle = IdleByPool()
+        policy._expired = expired_per_pool
     counters = dict.fromkeys((*PLANNER_CALLS, "snapshot"), 0.0)
     if progress:
         engine.snapshot = reporting(engine, engine.snapshot)  # type: ignore[method-assign]
@@ -147,9 +215,15 @@ def main() -> None:
         help="override a policy option, e.g. stabilization=0",
     )
     parser.add_argument("--progress", action="store_true", help="report on stderr")
+    parser.add_argument(
+        "--proposed",
+        action="store_true",
+        help="with the proposed Ledger.overdue (read in deadline order) and "
+        "policy._expired (read per pool, only pools with a surplus)",
+    )
     args = parser.parse_args()
     options = dict(o.split("=", 1) for o in args.policy_option)
-    result = run(args.scale, args.seed, args.horizon, options, args.progress)
+    result = run(args.scale, args.seed, args.horizon, options, args.progress, args.proposed)
     print(json.dumps(result, indent=2))
 
 
