@@ -17,7 +17,8 @@ ledger, driven through the calls the controller makes
 
 The simulated scheduler gives each worker ``nthreads`` slots and its pool's
 resources, and starts tasks first in, first out per resource class on free
-threads of workers that fit, oldest free worker first; a freed thread takes
+threads of workers that fit (the cheapest pool's first, within a pool the
+worker free the longest); a freed thread takes
 the oldest waiting task it fits. A chain's next task starts on the worker of
 its predecessor (its data is there). Durations are estimated per task prefix
 as the scheduler estimates them (0.5 s, ``unknown-task-duration``, until a
