@@ -431,6 +431,20 @@ def test_the_command_line_names_a_bad_input(tmp_path: Path):
     assert f"workload {workload}, phase 1 (burst): missing field" in run.stderr
 
 
+def test_the_scale_benchmark_runs_small_and_its_proposals_keep_the_figures():
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks" / "simulate"))
+    try:
+        import scale
+    finally:
+        sys.path.pop(0)
+    as_is = scale.run(0.001, 0, None)
+    proposed = scale.run(0.001, 0, None, proposed=True)
+    assert as_is["figures"]["finished"] == as_is["figures"]["tasks"] > 5_000
+    for key in ("tasks", "finished", "makespan", "wait", "records"):
+        assert proposed["figures"][key] == as_is["figures"][key]
+    assert set(as_is["seconds"]) >= {"evaluate", "finished", "rest of the simulator"}
+
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 

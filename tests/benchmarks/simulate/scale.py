@@ -175,15 +175,20 @@ def run(
         ledger = engine.planner.ledger
         ledger.overdue = functools.partial(overdue_in_deadline_order, ledger)
         engine.idle = IdleByPool()
-        policy._expired = expired_per_pool
     counters = dict.fromkeys((*PLANNER_CALLS, "snapshot"), 0.0)
     if progress:
         engine.snapshot = reporting(engine, engine.snapshot)  # type: ignore[method-assign]
     for name in PLANNER_CALLS:
         setattr(engine.planner, name, timed(counters, name, getattr(engine.planner, name)))
     engine.snapshot = timed(counters, "snapshot", engine.snapshot)  # type: ignore[method-assign]
+    original = policy._expired
+    if proposed:
+        policy._expired = expired_per_pool
     started, cpu = time.perf_counter(), time.process_time()
-    result = engine.run()
+    try:
+        result = engine.run()
+    finally:
+        policy._expired = original
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     inside = sum(counters.values())
     return {
