@@ -81,7 +81,8 @@ class BackendConformance:
     """
 
     @pytest.fixture(scope="class")
-    def adaptive_lifecycle(self, adaptive_backend: BackendUnderTest) -> Lifecycle:
+    @classmethod
+    def adaptive_lifecycle(cls, adaptive_backend: BackendUnderTest) -> Lifecycle:
         """The lifecycle of one backend, run once for the tests of the class."""
         bound = adaptive_backend.start_timeout * LIFECYCLE_BOUND
         result = Lifecycle()
