@@ -53,6 +53,11 @@ pytestmark = pytest.mark.timeout(300)
 #: How long the workers of each kind of system may take to connect.
 LOCAL_START = 30.0
 LIVE_START = 60.0
+#: The backends checked for surviving a restart (--adaptive-restart): one
+#: live queue and one stand-in queue for the code the queue backends share
+#: (their adoption is also tested per system in test_jobqueue_live.py and
+#: test_jobqueue_commands.py), Kubernetes and Marathon, which each have their own.
+RESTART = {"slurm", "lsf", "kubernetes", "marathon"}
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,10 @@ def job_queue(system: str) -> Callable[[pytest.FixtureRequest, Path], BackendUnd
                 )
 
         return BackendUnderTest(
-            system, start_timeout=LIVE_START, environment=environment, restart=True
+            system,
+            start_timeout=LIVE_START,
+            environment=environment,
+            restart=system in RESTART,
         )
 
     return make
@@ -247,7 +255,7 @@ def stand_in_queue(
             workers=STAND_IN_WORKERS.get(system, 2),
             start_timeout=LOCAL_START,
             environment=environment,
-            restart=True,
+            restart=system in RESTART,
         )
 
     return make
@@ -295,7 +303,10 @@ def kubernetes(request: pytest.FixtureRequest, tmp: Path) -> BackendUnderTest:
             )
 
     return BackendUnderTest(
-        "kubernetes", start_timeout=LOCAL_START, environment=environment, restart=True
+        "kubernetes",
+        start_timeout=LOCAL_START,
+        environment=environment,
+        restart="kubernetes" in RESTART,
     )
 
 
@@ -316,7 +327,10 @@ def marathon(request: pytest.FixtureRequest, tmp: Path) -> BackendUnderTest:
             )
 
     return BackendUnderTest(
-        "marathon", start_timeout=LOCAL_START, environment=environment, restart=True
+        "marathon",
+        start_timeout=LOCAL_START,
+        environment=environment,
+        restart="marathon" in RESTART,
     )
 
 
