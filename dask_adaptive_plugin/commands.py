@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from dask_adaptive_plugin.hints import DEFAULT_DURATION, request_workers
+
 if TYPE_CHECKING:
     from distributed import Client
 
@@ -56,7 +58,7 @@ NO_PLUGIN_HINT = (
 )
 
 
-@click.group(short_help="A running scheduler's adaptive plugin: status, log.")
+@click.group(short_help="A running scheduler's adaptive plugin: status, log, request.")
 def adaptive() -> None:
     """The adaptive plugin of a running scheduler: its pools and its decisions.
 
@@ -498,6 +500,92 @@ def detail(record: dict[str, Any]) -> str:
     if isinstance(workers, (list, tuple)):  # a list arrives as a tuple
         return ", ".join(map(str, workers))
     return "" if workers is None else str(workers)
+
+
+# -- dask adaptive request -------------------------------------------------------------
+
+
+@adaptive.command()
+@click.argument("n", type=click.IntRange(min=0))
+@scheduler_options
+@json_option
+@click.option(
+    "--pool", default=None, help="The pool to keep them in (default: any pool)."
+)
+@click.option(
+    "--for",
+    "duration",
+    type=Duration(),
+    default=DEFAULT_DURATION,
+    show_default=True,
+    help="How long the request lasts.",
+)
+def request(
+    n: int,
+    address: str | None,
+    scheduler_file: Path | None,
+    timeout: float,
+    as_json: bool,
+    pool: str | None,
+    duration: float,
+) -> None:
+    """Keep at least N workers for a while, ahead of work you know is coming.
+
+    The same request as ``dask_adaptive_plugin.request_workers``; this prints
+    the plugin's answer, or says why it refused.
+    """
+
+    async def main() -> None:
+        async with connect(address, scheduler_file, timeout) as (client, where):
+            answer = await send_request(client, where, timeout, n, pool, duration)
+        if answer["status"] == "error":
+            raise click.ClickException(f"the plugin refused: {answer['error']}")
+        if as_json:
+            click.echo(json.dumps(answer, default=str))
+        else:
+            click.echo(f"{answer['reason']}; it expires in {duration:g}s")
+
+    run(main())
+
+
+async def send_request(
+    client: Client,
+    where: str,
+    timeout: float,
+    n: int,
+    pool: str | None,
+    duration: float,
+) -> dict[str, Any]:
+    """Ask for workers and return the plugin's answer: a ``request`` event, or
+    an ``error`` event of action ``request``."""
+    from dask_adaptive_plugin.status import log_on_scheduler
+
+    answers: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
+    client.subscribe_topic(TOPIC, answers.put_nowait)
+    # subscribed on the scheduler before the request is sent: no answer is missed
+    state = await call_on_scheduler(
+        client, log_on_scheduler, where, timeout, subscriber=client.id
+    )
+    if not state["plugin"]:
+        raise no_plugin(where)
+    await request_workers(client, n, pool=pool, duration=duration)
+    try:
+        return await asyncio.wait_for(_answer(answers), timeout)
+    except asyncio.TimeoutError:
+        raise click.ClickException(
+            f"the plugin at {where} did not answer the request within {timeout:g}s"
+        ) from None
+
+
+async def _answer(
+    events: asyncio.Queue[tuple[float, dict[str, Any]]],
+) -> dict[str, Any]:
+    while True:
+        _, record = await events.get()
+        if record.get("status") == "request" or (
+            record.get("status") == "error" and record.get("action") == "request"
+        ):
+            return record
 
 
 # -- simulate: no scheduler needed; virtual time (dask_adaptive_plugin.simulate) ---------

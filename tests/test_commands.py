@@ -403,3 +403,43 @@ def test_a_log_row_of_an_error_shows_the_action_and_the_error():
         "scale_up failed; retrying after back-off "
         "(OSError: sbatch: error: invalid partition)"
     )
+
+
+@pytest.mark.timeout(180)
+def test_request_starts_workers_before_any_work_and_says_for_how_long(tmp_path):
+    with scheduler_process(
+        tmp_path, "--adaptive-maximum", "3", "--adaptive-idle-timeout", "200ms",
+        *LOCAL_OPTIONS,
+    ) as (_, address):  # fmt: skip
+        result = dask_adaptive("request", "2", "--for", "1h", address)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == (
+            "a client asked for at least 2 workers in all pools for 3600s; "
+            "it expires in 3600s"
+        )
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)  # no task was submitted
+            [request] = [
+                e for _, e in client.get_events("adaptive") if e["status"] == "request"
+            ]
+        assert (request["n"], request["pool"], request["for"]) == (2, None, 3600)
+
+        result = dask_adaptive("request", "1", "--pool", "gpu", "--json", address)
+        assert result.returncode == 1
+        assert "the plugin refused: unknown pool 'gpu'" in result.stderr
+        assert "the pools are default" in result.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["many"], "Invalid value for 'N': 'many' is not a valid integer"),
+        (["2", "--for", "0"], "'0' must be more than 0 seconds"),
+        (["2", "--for", "soon"], "'soon' is not a duration"),
+    ],
+)
+def test_request_with_bad_input_is_a_usage_error(args, message):
+    result = dask_adaptive("request", *args, "tcp://127.0.0.1:1")
+    assert result.returncode == 2
+    assert message in result.stderr
