@@ -587,7 +587,13 @@ class AdaptivePolicy(Policy):
         (default 0.5).
     stabilization
         The stabilization window in start-up latencies (default 2; 0: none).
+    retention
+        ``"startup"`` (default): idle workers are kept for the retention
+        above; ``"idle-timeout"``: for each pool's ``idle_timeout`` alone,
+        whatever a new worker takes to come (as distributed's ``Adaptive``).
     """
+
+    RETENTIONS = ("startup", "idle-timeout")
 
     def __init__(
         self,
@@ -596,6 +602,7 @@ class AdaptivePolicy(Policy):
         scale_factor: Any = 2,
         memory_threshold: Any = 0.5,
         stabilization: Any = 2,
+        retention: str = "startup",
     ) -> None:
         self.target_duration = parse_duration("target_duration", target_duration)
         if self.target_duration <= 0:
@@ -607,6 +614,11 @@ class AdaptivePolicy(Policy):
         self.stabilization = _parse_number(
             "stabilization", stabilization, ">= 0", -1e-12
         )
+        if retention not in self.RETENTIONS:
+            raise invalid(
+                "retention", retention, " or ".join(map(repr, self.RETENTIONS))
+            )
+        self.retention = retention
         self.windows: dict[str, StabilizationWindow] = {}
 
     def decide(self, snapshot: Snapshot, supply: Supply, now: float) -> Plan:
@@ -620,7 +632,7 @@ class AdaptivePolicy(Policy):
         why = self.summary(s)
         desired = {p.name: allocation.desired(p.name) for p in supply.pools}
         surplus, window_ends = self.stabilized_surplus(allocation, supply, desired, now)
-        timeouts = retention_timeouts(supply)
+        timeouts = retention_timeouts(supply, self.retention == "startup")
         chosen, deadline = choose_idle_workers(
             s, supply, surplus, now, self.memory_threshold, timeouts
         )
@@ -758,10 +770,13 @@ class StabilizationWindow:
         return self.entries[0][0] + length
 
 
-def retention_timeouts(supply: Supply) -> dict[str | None, float]:
+def retention_timeouts(
+    supply: Supply, startup_aware: bool = True
+) -> dict[str | None, float]:
     """Per pool, how long an idle worker is kept: its measured start-up
     latency, scaled by the cheapest pool's cost over its own (a dear idle
-    worker is kept for less), never below its ``idle_timeout``.
+    worker is kept for less), never below its ``idle_timeout`` (and just
+    that without ``startup_aware``).
 
     The ski-rental break-even: keeping an idle worker costs its price per
     second; giving it away costs, if work comes back, a start-up's wait.
@@ -771,7 +786,8 @@ def retention_timeouts(supply: Supply) -> dict[str | None, float]:
     cheapest = min((p.pool.cost for p in supply.pools), default=1.0)
     timeouts: dict[str | None, float] = {}
     for p in supply.pools:
-        hold = (p.startup or 0.0) * cheapest / p.pool.cost
+        startup = (p.startup or 0.0) if startup_aware else 0.0
+        hold = startup * cheapest / p.pool.cost
         timeouts[p.name] = max(p.pool.idle_timeout, hold)
     timeouts[None] = min(timeouts.values(), default=0.0)
     return timeouts

@@ -208,7 +208,6 @@ def test_plain_work_never_starts_a_worker_in_a_dearer_pool_with_room_in_a_cheape
     assert (up.pool, up.n) == ("cpu", 2)
 
 
-
 def test_plain_work_spills_to_the_next_pool_when_the_cheapest_is_full():
     s = Snapshot(workers=2, queued=10, needs=(plain(12, 12, 10),))
     cheap = PoolSupply(pool("cheap", resources={}), maximum=2, running=2)
@@ -220,7 +219,9 @@ def test_plain_work_spills_to_the_next_pool_when_the_cheapest_is_full():
 
 def test_plain_work_starts_no_worker_in_a_pool_of_special_resources():
     s = Snapshot(workers=2, queued=10, needs=(plain(12, 12, 10),))
-    assert not decide(AdaptivePolicy(target_duration="1s"), s, two_pools(cpu_running=2)).ups
+    assert not decide(
+        AdaptivePolicy(target_duration="1s"), s, two_pools(cpu_running=2)
+    ).ups
     # unless every pool has special resources
     only_gpu = Supply((PoolSupply(pool("gpu", resources={"GPU": 1}), maximum=2),))
     [up] = decide(AdaptivePolicy(target_duration="1s"), s, only_gpu).ups
@@ -395,7 +396,9 @@ def test_bad_policy_options_name_the_option(kwargs, match):
 # -- what a worker costs: retention and the stabilization window ---------------------------
 
 
-def measured(startup: float, p90: float | None = None, cost: float = 1.0, **kw) -> PoolSupply:
+def measured(
+    startup: float, p90: float | None = None, cost: float = 1.0, **kw
+) -> PoolSupply:
     return PoolSupply(
         pool(idle_timeout=2.0, cost=cost, resources={}, **kw.pop("pool", {})),
         startup=startup,
@@ -415,7 +418,28 @@ def test_an_idle_worker_is_kept_for_about_one_start_up_time():
     # scaled by cost: a worker 5 times dearer is kept a fifth as long
     cheap = PoolSupply(pool("cheap", resources={}, cost=1, idle_timeout=2), startup=30)
     dear = PoolSupply(pool("dear", resources={}, cost=5, idle_timeout=2), startup=30)
-    assert retention_timeouts(Supply((cheap, dear))) == {"cheap": 30, "dear": 6, None: 6}
+    assert retention_timeouts(Supply((cheap, dear))) == {
+        "cheap": 30,
+        "dear": 6,
+        None: 6,
+    }
+    # retention="idle-timeout": idle_timeout alone, as distributed's Adaptive
+    assert retention_timeouts(slow, startup_aware=False)["default"] == 2.0
+
+
+def test_retention_idle_timeout_retires_at_idle_timeout_whatever_the_startup():
+    s = Snapshot(**idle_cluster(1, since=100.0))
+    supply = Supply((measured(30.0, running=1),), pool_of={"w0": "default"})
+    plain = AdaptivePolicy(stabilization=0, retention="idle-timeout")
+    [down] = decide(plain, s, supply, now=102).downs  # idle 2 s: its idle_timeout
+    assert down.workers == ("w0",) and "idle for 2s" in down.reason
+
+
+def test_a_bad_retention_is_refused_naming_the_option():
+    with pytest.raises(
+        ValueError, match="retention.*'never'.*'startup' or 'idle-timeout'"
+    ):
+        AdaptivePolicy(retention="never")
 
 
 def test_retention_decides_when_an_idle_worker_goes():
@@ -429,7 +453,10 @@ def test_retention_decides_when_an_idle_worker_goes():
 
 def test_the_stabilization_window_keeps_what_was_wanted_lately():
     policy = AdaptivePolicy()  # a window of 2 start-up latencies (p90): 20 s
-    supply = Supply((measured(2.0, p90=10.0, running=3),), pool_of={f"w{i}": "default" for i in range(3)})
+    supply = Supply(
+        (measured(2.0, p90=10.0, running=3),),
+        pool_of={f"w{i}": "default" for i in range(3)},
+    )
     busy = Snapshot(workers=3, nthreads=3, processing=3, needs=(plain(3, 30, 0),))
     assert not decide(policy, busy, supply, now=100).downs  # wants 3
     idle = Snapshot(**idle_cluster(3, since=101.0))
@@ -445,7 +472,9 @@ def test_without_a_measurement_there_is_no_window_and_idle_timeout_rules():
     supply = one_pool(running=2, idle_timeout=2)
     busy = Snapshot(workers=2, nthreads=2, processing=2, needs=(plain(2, 20, 0),))
     decide(policy, busy, supply, now=100)
-    [down] = decide(policy, Snapshot(**idle_cluster(2, since=100.0)), supply, now=102).downs
+    [down] = decide(
+        policy, Snapshot(**idle_cluster(2, since=100.0)), supply, now=102
+    ).downs
     assert len(down.workers) == 2
 
 
