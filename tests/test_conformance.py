@@ -62,10 +62,9 @@ RESTART = {"slurm", "lsf", "kubernetes", "marathon"}
 
 @dataclass(frozen=True)
 class Case:
-    """One backend, where it runs, and how to make its :class:`BackendUnderTest`."""
+    """One backend: how to make its :class:`BackendUnderTest`, and its live marker."""
 
     name: str
-    where: str
     make: Callable[[pytest.FixtureRequest, Path], BackendUnderTest]
     marks: tuple[Any, ...] = ()
 
@@ -335,19 +334,19 @@ def marathon(request: pytest.FixtureRequest, tmp: Path) -> BackendUnderTest:
 
 
 CASES = [
-    Case("inprocess", "this process", inprocess),
-    Case("local", "this machine", local),
-    Case("command", "stand-in", command),
-    Case("ssh", "live", ssh, (pytest.mark.ssh,)),
-    Case("slurm", "live", job_queue("slurm"), (pytest.mark.slurm,)),
-    Case("sge", "live", job_queue("sge"), (pytest.mark.sge,)),
-    Case("pbs", "live", job_queue("pbs"), (pytest.mark.pbs,)),
-    Case("oar", "live", job_queue("oar"), (pytest.mark.oar,)),
-    Case("lsf", "stand-in", stand_in_queue("lsf")),
-    Case("htcondor", "stand-in", stand_in_queue("htcondor")),
-    Case("moab", "stand-in", stand_in_queue("moab")),
-    Case("kubernetes", "stand-in", kubernetes, (pytest.mark.kubernetes,)),
-    Case("marathon", "stand-in", marathon, (pytest.mark.marathon,)),
+    Case("inprocess", inprocess),
+    Case("local", local),
+    Case("command", command),
+    Case("ssh", ssh, (pytest.mark.ssh,)),
+    Case("slurm", job_queue("slurm"), (pytest.mark.slurm,)),
+    Case("sge", job_queue("sge"), (pytest.mark.sge,)),
+    Case("pbs", job_queue("pbs"), (pytest.mark.pbs,)),
+    Case("oar", job_queue("oar"), (pytest.mark.oar,)),
+    Case("lsf", stand_in_queue("lsf")),
+    Case("htcondor", stand_in_queue("htcondor")),
+    Case("moab", stand_in_queue("moab")),
+    Case("kubernetes", kubernetes, (pytest.mark.kubernetes,)),
+    Case("marathon", marathon, (pytest.mark.marathon,)),
 ]
 
 

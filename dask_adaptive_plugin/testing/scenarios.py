@@ -176,12 +176,7 @@ async def step_scale_up(run: LifecycleRun) -> None:
     run.result.connect_time = time.monotonic() - started
     await asyncio.sleep(MIN_SETTLE / 4)  # a worker too many is usually right behind
     run.first = h.workers()
-    for address, name in run.first.items():
-        ws = h.scheduler.workers[address]
-        run.ledger.arrived(
-            address, name, ws.resources, ws.nthreads, time.monotonic(),
-            unnamed_from=[] if run.reports[0] is not None else [POOL],
-        )  # fmt: skip
+    _arrived_in_ledger(run)
     await _reconcile(run, time.monotonic())
     call = describe_call("scale_up", n, **run.resources)
     if not arrived:
@@ -195,6 +190,17 @@ async def step_scale_up(run: LifecycleRun) -> None:
             f"{call} brought {len(run.first)} workers, not {n}: "
             f"{sorted(run.first.values())}; n is the total of this backend's workers"
         )
+
+
+def _arrived_in_ledger(run: LifecycleRun) -> None:
+    """What the plugin's hooks tell its ledger when the workers connect."""
+    for address, name in run.first.items():
+        ws = run.h.scheduler.workers.get(address)
+        if ws is not None:
+            run.ledger.arrived(
+                address, name, ws.resources, ws.nthreads, time.monotonic(),
+                unnamed_from=[] if run.reports[0] is not None else [POOL],
+            )  # fmt: skip
 
 
 def _own_worker_hint(run: LifecycleRun) -> str:
