@@ -247,5 +247,10 @@ async def test_two_slurm_partitions_as_pools_send_each_task_where_it_fits(
         assert all(partitions[w] == "cpu" for w in partitions if w.startswith(f"{cluster}-cpu"))
         del gpu, plain, ran_gpu, ran_plain
         await until(lambda: not s.workers, timeout=60, what="every job retired")
-    out = await run_command(["squeue", "--noheader", "--format=%j"])
-    assert not [job for job in out.split() if job.startswith(cluster)]
+
+    async def no_jobs_left() -> bool:
+        out = await run_command(["squeue", "--noheader", "--format=%j"])
+        return not [job for job in out.split() if job.startswith(cluster)]
+
+    # a job whose worker just retired is listed until slurmd reaps it
+    await until(no_jobs_left, timeout=60, interval=0.5, what="every job gone from squeue")
