@@ -91,7 +91,7 @@ async def run_command(
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=None if env is None else {**os.environ, **env},
+            env=_environment(env),
             # its own process group: a timeout kills whatever it started too
             start_new_session=True,
         )
@@ -118,6 +118,17 @@ async def run_command(
             cmd, proc.returncode, out, err, "Command exited with non-zero exit code."
         )
     return out
+
+
+def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
+    """This process's variables, ``PWD`` set to the working directory as a
+    shell sets it, and ``extra`` over them.
+
+    Some commands take their working directory from ``PWD``, not from the
+    process: ``oarsub`` runs the job, and writes its ``OAR.*.stdout``, in
+    ``$PWD``, which ``os.chdir`` (a preload script's, pytest's) leaves stale.
+    """
+    return {**os.environ, "PWD": os.getcwd(), **(extra or {})}
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import os
 
+# hypothesis's pytest plugin imports hypothesis in the terminal summary when no
+# test did; there, deep in pluggy's stack, CPython 3.11.7's ast.parse (pytest
+# rewrites hypothesis's asserts) fails with "AST constructor recursion depth
+# mismatch". Imported here, at the top of the stack, for runs of one file.
+import hypothesis  # noqa: F401
 import pytest
 
 #: CI sets DASK_ADAPTIVE_LIVE=1: a live system that is missing then fails the

@@ -572,6 +572,14 @@ async def test_run_command_timeout_missing_program_stdin_and_no_shell(tmp_path):
     )
 
 
+@gen_test()
+async def test_run_command_passes_the_working_directory_as_pwd(tmp_path, monkeypatch):
+    """oarsub runs its job in ``$PWD``: after an ``os.chdir`` it must be the
+    new directory, not the one the process started in."""
+    monkeypatch.chdir(tmp_path)
+    assert await run_command(["printenv", "PWD"]) == f"{tmp_path}\n"
+
+
 # -- the command backend -----------------------------------------------------------------------
 
 LAUNCHER = """#!/bin/sh

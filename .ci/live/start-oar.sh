@@ -132,14 +132,16 @@ add_resources() {
 }
 
 fix_job_bashrc() {
-  # Every job runs as "bash -c CMD" with BASH_ENV=~oar/.batch_job_bashrc, which
-  # sources the user's ~/.bashrc, and BASH_ENV stays exported: every bash the
-  # job starts sources it again. root's ~/.bashrc runs 'eval "$(pyenv init -)"',
-  # pyenv is a bash script, so each job became an endless chain of bash ->
-  # pyenv -> bash (thousands of processes in seconds: a fork bomb). Read the
-  # file once per job, as meant.
+  # Every job runs as "bash -c CMD" with BASH_ENV=~oar/.batch_job_bashrc,
+  # which sources the user's ~/.bashrc and stays exported. root's ~/.bashrc
+  # runs 'eval "$(pyenv init -)"': with BASH_ENV each bash pyenv starts read it
+  # again (a fork bomb), and without, every job still ran 'pyenv rehash',
+  # whose lock file a job cancelled in its first 0.1 s leaves behind: every
+  # later job (and shell) then waited 60 s for it. The jobs need nothing from
+  # ~/.bashrc (dask-jobqueue's scripts name python by its full path).
   local f=/var/lib/oar/.batch_job_bashrc
-  grep -q '^unset BASH_ENV' "$f" || sed -i '0,/^source/s//unset BASH_ENV\nsource/' "$f"
+  printf '%s\n' '# start-oar.sh: nothing from ~/.bashrc (see fix_job_bashrc)' \
+    'unset BASH_ENV' > "$f"
 }
 
 start_node_sshd() {
