@@ -123,6 +123,19 @@ def test_bursts_with_pauses_scale_up_and_down_for_each():
     assert result.records["down"] >= 3
 
 
+def test_bursts_with_awaited_results_pause_after_each_burst_ends():
+    result = simulate(
+        {"phases": [{"kind": "bursts", "count": 3, "pauses": ["10s", "20s"],
+                     "tasks": 2, "duration": "1s"}]},
+        {"minimum": 1, "maximum": 1},
+    )
+    # one worker: burst 1 runs 0-2 s, pause 10 s, burst 2 at 12-14 s,
+    # pause 20 s, burst 3 at 34-36 s (the pauses cycle; there is no fourth)
+    assert result.tasks == result.finished == 6
+    assert result.makespan == pytest.approx(36)
+    assert result.waits.max == pytest.approx(1)  # the second task of each burst
+
+
 def test_notebook_sessions_wait_for_results_then_think():
     result = simulate(
         {"phases": [{"kind": "notebook", "sessions": 2, "for": "100s", "cells": 5,
@@ -311,6 +324,13 @@ async def test_a_saved_task_stream_replays(tmp_path: Path):
         ([{"kind": "burst", "tasks": 1, "duration": "1s", "colour": "red"}], r"unknown field\(s\) \['colour'\]"),
         ([{"kind": "burst", "tasks": 1, "duration": "1s", "resources": {"GPU": "x"}}], r"invalid resources"),
         ([{"kind": "notebook", "for": "1m", "cells": 2, "duration": "1s"}], r"missing field think"),
+        ([{"kind": "bursts", "count": 2, "tasks": 1, "duration": "1s"}], r"missing field every or pauses"),
+        (
+            [{"kind": "bursts", "count": 2, "tasks": 1, "duration": "1s", "every": "1m", "pauses": ["1s"]}],
+            r"give every or pauses, not both",
+        ),
+        ([{"kind": "bursts", "count": 2, "tasks": 1, "duration": "1s", "pauses": []}], r"invalid pauses: \[\]"),
+        ([{"kind": "bursts", "count": 2, "tasks": 1, "duration": "1s", "pauses": ["later"]}], r"invalid pauses"),
     ],
 )
 def test_a_bad_phase_is_named_with_its_field(tmp_path: Path, phases, message):

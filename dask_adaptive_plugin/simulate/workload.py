@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dask
 import yaml
@@ -53,7 +53,7 @@ TASK_FIELDS = ("kind", "name", "prefix", "duration", "resources", "chain")
 KIND_FIELDS = {
     "burst": ("at", "tasks"),
     "trickle": ("start", "end", "for", "rate", "arrivals", "batch"),
-    "bursts": ("start", "count", "every", "tasks"),
+    "bursts": ("start", "count", "every", "pauses", "tasks"),
     "notebook": ("start", "end", "for", "sessions", "cells", "think"),
     "daily": (
         "start",
@@ -102,12 +102,19 @@ class TaskSpec:
         )
 
 
+class Submitter(Protocol):
+    """What submits the next cell once a cell's results are all in: a
+    notebook :class:`Session`, or :class:`AwaitedBursts`."""
+
+    def next_cell(self, now: float) -> Arrival | None: ...
+
+
 class Cell:
-    """One notebook cell: its tasks (chains) still to finish."""
+    """One notebook cell (or awaited burst): its tasks (chains) still to finish."""
 
     __slots__ = ("remaining", "session")
 
-    def __init__(self, session: Session, remaining: int) -> None:
+    def __init__(self, session: Submitter, remaining: int) -> None:
         self.session = session
         self.remaining = remaining
 
@@ -141,6 +148,35 @@ class Session:
         t = now + self.think.sample(self.rng)
         if t >= self.end:
             return None
+        return Arrival(t, self.spec, self.tasks, Cell(self, self.tasks))
+
+
+class AwaitedBursts:
+    """Bursts a client submits one at a time: it awaits each burst's results,
+    pauses, then submits the next (``client.gather`` then ``sleep``)."""
+
+    def __init__(
+        self, spec: TaskSpec, tasks: int, pauses: tuple[float, ...], repeat: int
+    ) -> None:
+        self.spec, self.tasks, self.pauses = spec, tasks, pauses
+        self.left = repeat
+        self.submitted = 0
+
+    def first(self, start: float) -> Arrival | None:
+        """The first burst, at ``start``."""
+        return self._burst(start)
+
+    def next_cell(self, now: float) -> Arrival | None:
+        """The next burst, a pause after ``now`` (its predecessor's last
+        result); ``None`` after the last."""
+        pause = self.pauses[(self.submitted - 1) % len(self.pauses)]
+        return self._burst(now + pause)
+
+    def _burst(self, t: float) -> Arrival | None:
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        self.submitted += 1
         return Arrival(t, self.spec, self.tasks, Cell(self, self.tasks))
 
 
@@ -184,15 +220,24 @@ class Burst(Phase):
 
 @dataclass(frozen=True)
 class Bursts(Phase):
-    """``repeat`` bursts of ``count`` tasks, ``every`` seconds apart."""
+    """``repeat`` bursts of ``count`` tasks, ``every`` seconds apart; or, with
+    ``pauses``, each burst submitted once the previous one's results are all
+    in and a pause has passed (the pauses in turn, cycled)."""
 
     start: float = 0.0
     repeat: int = 1
     every: float = 60.0
     count: int = 1
+    pauses: tuple[float, ...] = ()
 
     def arrivals(self, rng: random.Random, durations: random.Random) -> Iterator[Arrival]:
         spec = self.tasks.spec(durations)
+        if self.pauses:
+            awaited = AwaitedBursts(spec, self.count, self.pauses, self.repeat)
+            first = awaited.first(self.start) if self.count else None
+            if first is not None:
+                yield first
+            return
         for i in range(self.repeat):
             yield Arrival(self.start + i * self.every, spec, self.count)
 
@@ -374,6 +419,17 @@ class _Fields:
             value, lambda v, accepted: self.bad(name, v, accepted), positive
         )
 
+    def pauses(self) -> tuple[float, ...]:
+        """``pauses``: a non-empty list of durations >= 0."""
+        value = self.data["pauses"]
+        accepted = "a non-empty list of durations >= 0 such as [2s, 30s, 5m]"
+        if not isinstance(value, list) or not value:
+            raise self.bad("pauses", value, accepted)
+        try:
+            return tuple(seconds(v) for v in value)
+        except ValueError:
+            raise self.bad("pauses", value, accepted) from None
+
     def rate(self, name: str, default: float | None = None) -> float:
         value = self.required(name) if default is None else self.data.get(name, default)
         accepted = "tasks per unit of time, such as 10, '10/s', '600/m' or '5/h'"
@@ -496,12 +552,18 @@ def _burst(f: _Fields, tasks: Tasks) -> Phase:
 
 
 def _bursts(f: _Fields, tasks: Tasks) -> Phase:
+    if f.has("every") and f.has("pauses"):
+        raise WorkloadError(f"{f.where}: give every or pauses, not both")
+    if not (f.has("every") or f.has("pauses")):
+        raise WorkloadError(f"{f.where}: missing field every or pauses")
+    pauses = f.pauses() if f.has("pauses") else ()
     return Bursts(
         tasks,
         start=f.time("start", 0),
         repeat=f.count("count", low=1),
-        every=f.time("every", positive=True),
+        every=f.time("every", positive=True) if f.has("every") else 60.0,
         count=f.count("tasks"),
+        pauses=pauses,
     )
 
 
