@@ -465,6 +465,58 @@ def test_the_scale_benchmark_runs_small_and_its_proposals_keep_the_figures():
     assert set(as_is["seconds"]) >= {"evaluate", "finished", "rest of the simulator"}
 
 
+def _benchmark(name: str):
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks" / "simulate"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_the_latency_sweep_compares_the_default_with_each_fixed_timeout():
+    sweep = _benchmark("sweep")
+    workload = {"phases": [{"kind": "bursts", "count": 3, "tasks": 4, "duration": "2s",
+                            "pauses": ["1s", "50s"]}]}
+    (result,) = sweep.sweep(workload, latencies=[1.0], timeouts=[2.0, 60.0],
+                            seeds=[0], maximum=4)
+    rows = result["rows"]
+    assert set(rows) == {"default", "T=2s", "T=60s"}
+    for row in rows.values():
+        assert row["product"] == pytest.approx(row["makespan"] * row["worker_seconds"])
+    # a start-up of 1 s: the default keeps idle workers for its 2 s idle
+    # timeout, as T=2s does; T=60s keeps them through the 50 s pause too
+    assert rows["T=60s"]["worker_seconds"] > rows["T=2s"]["worker_seconds"] + 4 * 40
+    assert result["best_fixed"] == "T=2s"
+    assert result["ratio"] == pytest.approx(
+        rows["default"]["product"] / rows["T=2s"]["product"]
+    )
+    assert result["holds"] and result["ratio"] < 1.05
+    assert "| 1 s | default |" in sweep.table([result])
+
+
+def test_fidelity_turns_efficiency_workloads_into_phases_and_compares():
+    fidelity = _benchmark("fidelity")
+    spec = {"name": "bursts", "bursts": 2, "tasks_per_burst": 2, "task_seconds": 1.0,
+            "pauses": [3.0], "submit_every": None}
+    assert fidelity.workload_of(spec)["phases"][0]["pauses"] == [3.0]
+    trickle = {**spec, "name": "trickle", "submit_every": 0.5}
+    assert fidelity.workload_of(trickle)["phases"][0]["every"] == 0.5
+    runs = [{"makespan": m, "worker_seconds": 5.0} for m in (9.0, 9.5, 30.0)]
+    results = {
+        "startup": {"result": {"local": [1.0, 1.0, 5.0]}},
+        "efficiency": {"result": {"maximum": 2, "horizon": 20.0, "workloads": {
+            "bursts": {"spec": spec, "plugin": runs}}}},
+    }
+    row = fidelity.compare(results)["workloads"]["bursts"]
+    # one worker at 1 s (1 s of estimated work), the burst done at 3 s, a
+    # pause of 3 s, the worker retired after its 2 s idle timeout, the next
+    # one at 7 s, the second burst done at 9 s, that worker retired at 11 s
+    assert row["makespan"]["simulated"] == pytest.approx(9.0)
+    assert row["makespan"]["real"] == 9.5 and row["makespan"]["holds"]
+    assert row["worker_seconds"]["simulated"] == pytest.approx((5 - 1) + (11 - 7))
+    assert not row["worker_seconds"]["holds"]  # 8 against 5
+
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 
