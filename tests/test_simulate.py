@@ -505,8 +505,11 @@ def test_fidelity_turns_efficiency_workloads_into_phases_and_compares():
     results = {
         "startup": {"result": {"local": [1.0, 1.0, 5.0]}},
         "efficiency": {"result": {"maximum": 2, "horizon": 20.0, "workloads": {
-            "bursts": {"spec": spec, "plugin": runs}}}},
+            "bursts": {"spec": spec, "plugin": runs},
+            "notebook": {"spec": {**spec, "tasks_per_burst": [2, 4]}, "plugin": runs},
+            "dataframe": {"spec": {"name": "dataframe", "days": 3}, "plugin": runs}}}},
     }
+    assert fidelity.compare(results)["skipped"] == ["notebook", "dataframe"]
     row = fidelity.compare(results)["workloads"]["bursts"]
     # one worker at 1 s (1 s of estimated work), the burst done at 3 s, a
     # pause of 3 s, the worker retired after its 2 s idle timeout, the next

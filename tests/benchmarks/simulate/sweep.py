@@ -94,15 +94,20 @@ def sweep_latency(
     timeouts: Iterable[float] = TIMEOUTS,
     seeds: Iterable[int] = SEEDS,
     maximum: int = MAXIMUM,
+    default_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One latency: per policy (``"default"``, ``"T=2s"``, ...) the medians,
-    the best fixed timeout, and the default's ratio to it."""
+    the best fixed timeout, and the default's ratio to it.
+
+    ``default_options``: policy options for the default (a diagnosis: which
+    part of the default rule costs what); none for the figure itself.
+    """
     seeds = list(seeds)
-    policies: dict[str, float | None] = {DEFAULT: None}
-    policies.update({f"T={t:g}s": t for t in timeouts})
+    configs = {DEFAULT: {**config(latency, maximum), **(default_options or {})}}
+    configs.update({f"T={t:g}s": config(latency, maximum, t) for t in timeouts})
     rows = {
-        name: medians([run_once(workload, config(latency, maximum, t), s) for s in seeds])
-        for name, t in policies.items()
+        name: medians([run_once(workload, arguments, s) for s in seeds])
+        for name, arguments in configs.items()
     }
     best = min((n for n in rows if n != DEFAULT), key=lambda n: rows[n]["product"])
     ratio = rows[DEFAULT]["product"] / rows[best]["product"]
@@ -121,12 +126,13 @@ def sweep(
     timeouts: Iterable[float] = TIMEOUTS,
     seeds: Iterable[int] = SEEDS,
     maximum: int = MAXIMUM,
+    default_options: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`sweep_latency` for each latency."""
     workload = load_workload(workload)
     timeouts, seeds = list(timeouts), list(seeds)
     return [
-        sweep_latency(workload, latency, timeouts, seeds, maximum)
+        sweep_latency(workload, latency, timeouts, seeds, maximum, default_options)
         for latency in latencies
     ]
 
@@ -159,6 +165,14 @@ def _latency(latency: Any) -> str:
     return f"{latency:g} s" if isinstance(latency, (int, float)) else str(latency)
 
 
+def _option(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    try:
+        return key.replace("-", "_"), float(value)
+    except ValueError:
+        return key.replace("-", "_"), value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -171,11 +185,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="lognormal latencies, p90 three times the median, instead of fixed",
     )
+    parser.add_argument(
+        "--default-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a policy option for the default only (diagnosis), e.g. stabilization=0",
+    )
     args = parser.parse_args(argv)
+    options = dict(_option(o) for o in args.default_option)
     latencies: list[Any] = list(LATENCIES)
     if args.lognormal:
         latencies = [{"median": f"{x:g}s", "p90": f"{3 * x:g}s"} for x in LATENCIES]
-    results = sweep(args.workload, latencies, seeds=range(args.seeds))
+    results = sweep(
+        args.workload, latencies, seeds=range(args.seeds), default_options=options
+    )
     if args.json:
         print(json.dumps(results, indent=1))
     else:
