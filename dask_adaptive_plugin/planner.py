@@ -35,6 +35,7 @@ from dask_adaptive_plugin.stats import Need, Snapshot
 
 BACKOFF_START = 1.0
 BACKOFF_CAP = 60.0
+DOUBLINGS_TO_CAP = math.ceil(math.log2(BACKOFF_CAP / BACKOFF_START))
 #: Consecutive crashes in a pool after which it is asked for no more workers
 #: until new work is submitted.
 CRASH_LIMIT = 5
@@ -110,8 +111,14 @@ class Evaluation:
 
 
 def backoff(count: int) -> float:
-    """Seconds to wait after ``count`` failures in a row: 1, 2, 4 ... 60."""
-    return min(BACKOFF_CAP, BACKOFF_START * 2 ** max(count - 1, 0))
+    """Seconds to wait after ``count`` failures in a row: 1, 2, 4 ... 60.
+
+    The exponent stops growing once the cap is reached: a pool that never
+    delivers counts failures for as long as it runs, and ``2.0 ** 1024``
+    overflows a float.
+    """
+    doublings = min(max(count - 1, 0), DOUBLINGS_TO_CAP)
+    return min(BACKOFF_CAP, BACKOFF_START * 2**doublings)
 
 
 class Planner:

@@ -48,3 +48,12 @@ def deque_of(values):
     from dask_adaptive_plugin.ledger import LATENCY_SAMPLES
 
     return deque(values, maxlen=LATENCY_SAMPLES)
+
+
+def test_the_backoff_doubles_to_its_cap_and_stays_there_for_any_count():
+    """A pool that never delivers counts failures as long as it runs: past
+    about 1,000 the doubling overflowed a float (found by the simulator)."""
+    from dask_adaptive_plugin.planner import BACKOFF_CAP, backoff
+
+    assert [backoff(n) for n in range(1, 5)] == [1, 2, 4, 8]
+    assert backoff(7) == backoff(10**6) == BACKOFF_CAP
