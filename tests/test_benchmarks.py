@@ -99,7 +99,7 @@ def test_memory() -> None:
 
 def test_efficiency_and_startup(tmp_path: Path) -> None:
     tiny = (
-        efficiency.Workload("burst", bursts=1, tasks_per_burst=2, task_seconds=0.05),
+        efficiency.Bursts("burst", bursts=1, tasks_per_burst=2, task_seconds=0.05),
     )
     results = asyncio.run(
         efficiency.bench_efficiency(tiny, repeats=1, maximum=1, horizon=0.5)
@@ -117,9 +117,25 @@ def test_efficiency_and_startup(tmp_path: Path) -> None:
         "makespan, median of 1",
         "worker-seconds, median of 1",
     ]
-    pytest.importorskip("matplotlib")
     report.plot_efficiency(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [
+        efficiency.Bursts("notebook", 2, (2, 1), 0.05, pauses=(0.1,)),
+        efficiency.DataFramePipeline("dataframe", days=2),
+        efficiency.ArrayReduction("array", size=1000, chunk=500),
+    ],
+    ids=lambda w: w.name,
+)
+def test_each_kind_of_workload_computes_on_the_plugin(workload) -> None:
+    """The notebook, dataframe (P2P shuffle) and array workloads run on
+    real ``dask worker`` processes the plugin starts."""
+    run = asyncio.run(efficiency.plugin_run(workload, maximum=1, horizon=0.5))
+    assert positive(run["makespan"]) and run["workers_started"] >= 1
+    assert efficiency.spec(workload)["describe"] == workload.describe()
 
 
 def test_worker_timeline_integrates_steps() -> None:

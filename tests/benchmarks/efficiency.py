@@ -36,61 +36,154 @@ MINIMUM = 0
 
 
 @dataclass(frozen=True)
-class Workload:
+class Bursts:
     """Bursts of sleeping tasks with pauses between them.
 
     ``submit_every`` set: a trickle, one burst submitted every that many
     seconds without waiting for results. Otherwise each burst's results are
     awaited, then the next pause follows (a user looking at results).
+    ``tasks_per_burst`` may give each burst its own size, in turn.
     """
 
     name: str
     bursts: int
-    tasks_per_burst: int
+    tasks_per_burst: int | tuple[int, ...]
     task_seconds: float
     pauses: tuple[float, ...] = ()
     submit_every: float | None = None
 
+    def size_of(self, burst: int) -> int:
+        sizes = self.tasks_per_burst
+        return sizes[burst % len(sizes)] if isinstance(sizes, tuple) else sizes
+
     def pause_after(self, burst: int) -> float:
         return self.pauses[burst % len(self.pauses)] if self.pauses else 0.0
 
+    async def run(self, client: Client) -> None:
+        """Submit the bursts and wait for all their results."""
+        pending = []
+        for burst in range(self.bursts):
+            futures = client.map(
+                time.sleep, [self.task_seconds] * self.size_of(burst), pure=False
+            )
+            if self.submit_every is not None:
+                pending += futures
+                await asyncio.sleep(self.submit_every)
+                continue
+            await client.gather(futures)
+            if burst < self.bursts - 1:
+                await asyncio.sleep(self.pause_after(burst))
+        await client.gather(pending)
 
-FULL = (
-    Workload("burst", bursts=1, tasks_per_burst=48, task_seconds=0.5),
-    Workload(
-        "bursts", bursts=4, tasks_per_burst=12, task_seconds=0.5, pauses=(2, 5, 2)
+    def describe(self) -> str:
+        sizes = self.tasks_per_burst
+        each = "/".join(map(str, sizes)) if isinstance(sizes, tuple) else str(sizes)
+        tasks = f"{each} × {self.task_seconds:g} s sleep"
+        if self.submit_every is not None:
+            return (
+                f"{self.bursts} tasks of {self.task_seconds:g} s, "
+                f"one every {self.submit_every:g} s"
+            )
+        if self.bursts == 1:
+            return tasks
+        pauses = ", ".join(f"{p:g}" for p in self.pauses)
+        return f"{self.bursts} bursts of {tasks}, pauses {pauses} s"
+
+
+@dataclass(frozen=True)
+class DataFramePipeline:
+    """A ``dask.dataframe`` pipeline with a P2P shuffle: ``days`` partitions
+    of :func:`dask.datasets.timeseries` (a row a second), shuffled on ``id``
+    with ``shuffle_method="p2p"``, then grouped by ``name``.
+
+    The workers run only dask's own functions, so ``dask worker`` processes
+    need nothing from this file."""
+
+    name: str
+    days: int
+
+    async def run(self, client: Client) -> None:
+        import dask
+        import pandas as pd
+
+        start = pd.Timestamp("2000-01-01")
+        df = dask.datasets.timeseries(
+            start=start, end=start + pd.Timedelta(days=self.days), freq="1s",
+            partition_freq="1D", seed=42,
+        )  # fmt: skip
+        shuffled = df.shuffle("id", shuffle_method="p2p")
+        summary = shuffled.groupby("name").agg({"x": "mean", "y": "max"})
+        await client.compute(summary)
+
+    def describe(self) -> str:
+        return (
+            f"timeseries, {self.days} partitions of 86,400 rows → P2P shuffle → groupby"
+        )
+
+
+@dataclass(frozen=True)
+class ArrayReduction:
+    """A ``dask.array`` reduction: ``(x + x.T).mean(axis=0).std()`` of a
+    random ``size`` × ``size`` array in ``chunk`` × ``chunk`` chunks."""
+
+    name: str
+    size: int
+    chunk: int
+
+    async def run(self, client: Client) -> None:
+        import dask.array as da
+
+        x = da.random.default_rng(42).random((self.size, self.size), chunks=self.chunk)
+        await client.compute((x + x.T).mean(axis=0).std())
+
+    def describe(self) -> str:
+        chunks = (self.size // self.chunk) ** 2
+        return f"(x + x.T).mean(axis=0).std(), {self.size}² floats in {chunks} chunks"
+
+
+Workload = Bursts | DataFramePipeline | ArrayReduction
+
+
+#: Three sleep workloads (the policy's figures, made to be simulated too) and
+#: three that look like a user's day: a notebook session (bursts of various
+#: sizes, think times of 2 to 12 s), a dataframe pipeline, an array reduction.
+FULL: tuple[Workload, ...] = (
+    Bursts("burst", bursts=1, tasks_per_burst=48, task_seconds=0.5),
+    Bursts("bursts", bursts=4, tasks_per_burst=12, task_seconds=0.5, pauses=(2, 5, 2)),
+    Bursts("trickle", bursts=50, tasks_per_burst=1, task_seconds=0.3, submit_every=0.6),
+    Bursts(
+        "notebook",
+        bursts=6,
+        tasks_per_burst=(8, 2, 16, 4, 12, 6),
+        task_seconds=0.5,
+        pauses=(3, 12, 2, 8, 5),
     ),
-    Workload(
-        "trickle", bursts=50, tasks_per_burst=1, task_seconds=0.3, submit_every=0.6
-    ),
+    DataFramePipeline("dataframe", days=30),
+    ArrayReduction("array", size=24_000, chunk=2_000),
 )
-QUICK = (
-    Workload("burst", bursts=1, tasks_per_burst=12, task_seconds=0.3),
-    Workload("bursts", bursts=2, tasks_per_burst=6, task_seconds=0.3, pauses=(2,)),
-    Workload(
-        "trickle", bursts=8, tasks_per_burst=1, task_seconds=0.2, submit_every=0.5
+QUICK: tuple[Workload, ...] = (
+    Bursts("burst", bursts=1, tasks_per_burst=12, task_seconds=0.3),
+    Bursts("bursts", bursts=2, tasks_per_burst=6, task_seconds=0.3, pauses=(2,)),
+    Bursts("trickle", bursts=8, tasks_per_burst=1, task_seconds=0.2, submit_every=0.5),
+    Bursts(
+        "notebook", bursts=3, tasks_per_burst=(4, 1, 6), task_seconds=0.2, pauses=(2, 3)
     ),
+    DataFramePipeline("dataframe", days=4),
+    ArrayReduction("array", size=4_000, chunk=1_000),
 )
+
+
+def spec(workload: Workload) -> dict[str, Any]:
+    """The workload as plain data for the results file: its kind, its fields
+    and how the report describes it."""
+    return {
+        "kind": type(workload).__name__,
+        **asdict(workload),
+        "describe": workload.describe(),
+    }
 
 
 # -- one run ------------------------------------------------------------------------------
-
-
-async def run_workload(client: Client, workload: Workload) -> None:
-    """Submit the workload and wait for all its results."""
-    pending = []
-    for burst in range(workload.bursts):
-        futures = client.map(
-            time.sleep, [workload.task_seconds] * workload.tasks_per_burst, pure=False
-        )
-        if workload.submit_every is not None:
-            pending += futures
-            await asyncio.sleep(workload.submit_every)
-            continue
-        await client.gather(futures)
-        if burst < workload.bursts - 1:
-            await asyncio.sleep(workload.pause_after(burst))
-    await client.gather(pending)
 
 
 async def measure(
@@ -103,7 +196,7 @@ async def measure(
     """Run ``workload`` on a cluster at its minimum; makespan, worker-seconds."""
     assert timeline.changes[-1][1] == MINIMUM, "a run starts at the minimum"
     start = time.perf_counter()
-    await run_workload(client, workload)
+    await workload.run(client)
     done = time.perf_counter()
     end = await _back_to_minimum(timeline, done, horizon)
     arrivals = [t for t, n in timeline.changes if t > start]
@@ -251,7 +344,7 @@ async def bench_efficiency(
         "cluster_adaptive": cluster_adaptive_run,
     }
     results: dict[str, Any] = {
-        w.name: {**{side: [] for side in sides}, "spec": asdict(w)} for w in workloads
+        w.name: {**{side: [] for side in sides}, "spec": spec(w)} for w in workloads
     }
     for order in alternating(repeats):
         for workload in workloads:

@@ -116,7 +116,7 @@ def plot_efficiency(results: dict[str, Any], path: Path) -> None:
                 times, counts = zip(*run["series"])
                 ax.step(times, counts, where="post", color=color, alpha=0.7,
                         label=label if i == 0 else None)  # fmt: skip
-        ax.set_title(f"{name}: {_describe(sides['spec'])}", fontsize=9)
+        ax.set_title(f"{name}: {sides['spec']['describe']}", fontsize=9)
         ax.set_ylabel("workers")
         ax.set_ylim(-0.2, results["maximum"] + 0.5)
         ax.grid(alpha=0.3)
@@ -126,13 +126,3 @@ def plot_efficiency(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _describe(spec: dict[str, Any]) -> str:
-    tasks = f"{spec['tasks_per_burst']} × {spec['task_seconds']:g} s sleep"
-    if spec["submit_every"] is not None:
-        return f"{spec['bursts']} tasks of {spec['task_seconds']:g} s, one every {spec['submit_every']:g} s"
-    if spec["bursts"] == 1:
-        return tasks
-    pauses = ", ".join(f"{p:g}" for p in spec["pauses"])
-    return f"{spec['bursts']} bursts of {tasks}, pauses {pauses} s"
