@@ -64,8 +64,9 @@ class Backend:
        coroutines; ``n`` counts only the workers of this backend;
     4. optionally implement :meth:`report` (what you launched, by worker
        name), :meth:`close`, :meth:`cancel_pending` and
-       :meth:`stopped_together`, and set :attr:`maximum` and
-       :attr:`threads_per_worker` when you know them (in ``__init__`` is fine);
+       :meth:`stopped_together`, and set :attr:`maximum` (or
+       :attr:`default_maximum`) and :attr:`threads_per_worker` when you know
+       them (in ``__init__`` is fine);
     5. register the class in your package's ``setup.cfg``::
 
            [options.entry_points]
@@ -91,6 +92,12 @@ class Backend:
     #: The most workers this backend can run, or ``None`` for no bound of its
     #: own. The pool's ``maximum`` is the lower of this and its own.
     maximum: int | None = None
+
+    #: A sensible bound for when the user gives no ``maximum`` at all (neither
+    #: the pool's nor the plugin's), or ``None``. Unlike :attr:`maximum`, a
+    #: given ``maximum`` may go above it: ``local`` runs one worker per core
+    #: unless told otherwise.
+    default_maximum: int | None = None
 
     #: Threads each new worker will have; the policy uses it to size a
     #: cluster before any worker has connected.

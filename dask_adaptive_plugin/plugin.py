@@ -165,7 +165,10 @@ class AdaptivePlugin(SchedulerPlugin):
         # what the backends' classes say of their bound already: fail now
         check_bounds(
             options,
-            [pool_runtime(p, self._backend_specs[p.name]) for p in self.pools],
+            [
+                pool_runtime(p, self._backend_specs[p.name], options.maximum)
+                for p in self.pools
+            ],
         )
         self.log: deque[tuple[float, dict[str, Any]]] = deque(
             maxlen=dask.config.get("distributed.admin.low-level-log-length")
@@ -294,7 +297,10 @@ class AdaptivePlugin(SchedulerPlugin):
 
     def _attach(self, scheduler: Scheduler) -> None:
         """Build the statistics, the planner and the controller."""
-        runtimes = [pool_runtime(p, self.backends[p.name]) for p in self.pools]
+        runtimes = [
+            pool_runtime(p, self.backends[p.name], self.options.maximum)
+            for p in self.pools
+        ]
         check_bounds(self.options, runtimes)
         loop = asyncio.get_running_loop()
         self.stats = ClusterStats(scheduler, loop.time)
@@ -531,15 +537,16 @@ def check_backend_options(spec: Any, pool: Pool) -> None:
         raise ValueError(f"{e}{where}") from None
 
 
-def backend_maximum(backend: Any) -> int | None:
-    """The backend's own bound on workers; ``ValueError`` if it is not one."""
-    maximum = getattr(backend, "maximum", None)
+def backend_maximum(backend: Any, attribute: str = "maximum") -> int | None:
+    """The backend's own bound on workers (or its ``default_maximum``);
+    ``ValueError`` if it is not one."""
+    maximum = getattr(backend, attribute, None)
     if maximum is not None and (
         isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 0
     ):
         raise ValueError(
-            f"backend {backend!r} has maximum={maximum!r}; a backend's maximum "
-            "must be a whole number >= 0 or None"
+            f"backend {backend!r} has {attribute}={maximum!r}; a backend's "
+            f"{attribute} must be a whole number >= 0 or None"
         )
     return maximum
 
@@ -550,13 +557,20 @@ def make_backend(spec: Any, scheduler: Scheduler, pool: Pool) -> Backend:
     return spec(scheduler, **pool.backend_options)
 
 
-def pool_runtime(pool: Pool, backend: Backend | type[Backend]) -> PoolRuntime:
+def pool_runtime(
+    pool: Pool, backend: Backend | type[Backend], maximum: int | None = None
+) -> PoolRuntime:
     """A pool with its backend's bound (the lower of the two wins) and shape.
 
     ``backend`` may be the class, before an instance exists: its class
-    attributes are checked early.
+    attributes are checked early. Its ``default_maximum`` bounds the pool
+    only when no maximum is given, neither the pool's nor the plugin's
+    (``maximum``).
     """
-    bounds = [m for m in (pool.maximum, backend_maximum(backend)) if m is not None]
+    own = [pool.maximum, backend_maximum(backend)]
+    if pool.maximum is None and maximum is None:
+        own.append(backend_maximum(backend, "default_maximum"))
+    bounds = [m for m in own if m is not None]
     threads = getattr(backend, "threads_per_worker", 1)
     if not isinstance(threads, (int, float)) or threads < 1:
         threads = 1

@@ -35,9 +35,20 @@ def test_maximum_none_takes_the_backends_bound():
     plugin = AdaptivePlugin()
     assert plugin.options.maximum is None
     cpus = os.cpu_count() or 1
-    assert pool_runtime(plugin.pools[0], LocalBackend).maximum == cpus
+    assert pool_runtime(plugin.pools[0], LocalBackend, None).maximum == cpus
     with pytest.raises(ValueError, match=f"above the backend's maximum {cpus}"):
         AdaptivePlugin(minimum=cpus + 1)
+
+
+def test_a_given_maximum_goes_above_the_local_backends_one_per_core():
+    """``local``'s CPU count is a default, as for ``LocalCluster``: sleeping
+    or I/O-bound tasks may want more worker processes than cores."""
+    cpus = os.cpu_count() or 1
+    plugin = AdaptivePlugin(maximum=cpus + 1)
+    assert pool_runtime(plugin.pools[0], LocalBackend, cpus + 1).maximum is None
+    pools = {"a": {"backend": "local", "maximum": cpus + 2}}
+    pool = AdaptivePlugin(pools=pools).pools[0]
+    assert pool_runtime(pool, LocalBackend).maximum == cpus + 2
 
 
 def test_option_keys_become_snake_case():

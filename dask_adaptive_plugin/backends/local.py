@@ -79,7 +79,9 @@ class LocalBackend(Backend):
     :meth:`close`, and exit after ``death_timeout`` if the scheduler vanishes.
     """
 
-    maximum = os.cpu_count() or 1
+    #: One worker per core unless a maximum is given: worker processes of
+    #: sleeping or I/O-bound tasks may well outnumber the cores.
+    default_maximum = os.cpu_count() or 1
 
     def __init__(
         self,
