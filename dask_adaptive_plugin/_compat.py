@@ -248,3 +248,17 @@ def remove_routes(scheduler: Scheduler, rules: list[Any]) -> None:
         for rule in rules:
             if rule in router.rules:
                 router.rules.remove(rule)
+
+
+def jobqueue_job_shape(cluster: Any) -> tuple[int, int]:
+    """Worker processes per job and threads per worker process of a
+    dask-jobqueue cluster, before any job is submitted.
+
+    dask-jobqueue computes both in its ``Job`` from ``cores`` and
+    ``processes`` (with defaults from its config) and offers them only on the
+    private template job ``JobQueueCluster._dummy_job``, which its own
+    ``scale`` and ``adapt`` read too. Checked against dask-jobqueue 0.9.0.
+    """
+    job = cluster._dummy_job
+    return max(1, int(job.worker_processes)), max(1, int(job.worker_process_threads))
+

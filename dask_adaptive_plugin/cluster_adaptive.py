@@ -18,12 +18,12 @@ adaptivity is on; when it changes without the plugin (``cluster.scale(n)``
 or ``cluster.scale_down(...)`` by hand), adaptivity turns off and the manual
 plan stands.
 
-Internals of distributed's ``SpecCluster`` read here (checked against
+Attributes of distributed's ``SpecCluster`` read here (checked against
 distributed 2026.8.0 and dask-jobqueue 0.9.0): ``worker_spec`` (the plan,
 which ``Cluster._scaling_status`` reads too), ``workers`` (what was started),
-``new_spec`` (the shape of a new entry) and dask-jobqueue's ``_dummy_job``
-(the worker processes of one job, what dask-jobqueue's own ``scale`` and
-``adapt`` read).
+``new_spec`` (the shape of a new entry), public attributes that
+``tests/test_compat.py`` checks; dask-jobqueue's private ``_dummy_job`` (the
+worker processes of one job) is read in :mod:`dask_adaptive_plugin._compat`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from distributed import Scheduler
 from distributed.core import Status
 from distributed.deploy.spec import SpecCluster
 
+from dask_adaptive_plugin._compat import jobqueue_job_shape
 from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend
 from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.plugin import AdaptivePlugin
@@ -366,13 +367,15 @@ def job_processes(cluster: Any) -> int:
     """
     if not is_jobqueue(cluster):
         return 1
-    return max(1, int(cluster._dummy_job.worker_processes))
+    processes, _ = jobqueue_job_shape(cluster)
+    return processes
 
 
 def threads_per_worker(cluster: Any) -> int:
     """Threads of each new worker, to size the pool before any connects."""
     if is_jobqueue(cluster):
-        return max(1, int(cluster._dummy_job.worker_process_threads))
+        _, threads = jobqueue_job_shape(cluster)
+        return threads
     options = (cluster.new_spec or {}).get("options", {})
     for key in ("nthreads", "ncores", "threads"):
         value = options.get(key)

@@ -170,3 +170,18 @@ async def test_a_second_bokeh_application_serves_pages_in_the_menu():
 async def test_no_dashboard_no_bokeh_application():
     async with Scheduler(dashboard=False, host="127.0.0.1") as s:
         assert _compat.dashboard_application(s) is None
+
+
+def test_spec_cluster_attributes_and_the_jobqueue_template_job():
+    """What ``ClusterAdaptive`` reads of a cluster: ``SpecCluster``'s
+    ``worker_spec``, ``workers`` and ``new_spec``, and dask-jobqueue's
+    template job with its processes and threads per process."""
+    dask_jobqueue = pytest.importorskip("dask_jobqueue")
+
+    with dask_jobqueue.SLURMCluster(
+        cores=6, processes=2, memory="1GB",
+        scheduler_options={"dashboard_address": ":0", "host": "127.0.0.1"},
+    ) as cluster:  # fmt: skip
+        assert cluster.worker_spec == {} and cluster.workers == {}
+        assert "cls" in cluster.new_spec and "options" in cluster.new_spec
+        assert _compat.jobqueue_job_shape(cluster) == (2, 3)

@@ -5,6 +5,7 @@ Usage::
     python tests/benchmarks/run.py            # full run, ~16 min; updates docs/
     python tests/benchmarks/run.py --quick    # CI-sized, ~2 min; docs untouched
     python tests/benchmarks/run.py --only reaction,decision
+    python tests/benchmarks/run.py --from-results bench-results/results.json
 
 Results go to ``bench-results/results.json`` (git-ignored). A full run also
 rewrites the generated part of ``docs/benchmarks.md`` and the plot
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.from_results:
+        return _rewrite_from(args.from_results, args.no_docs)
     config = QUICK if args.quick else FULL
     started, load_start = time.time(), list(os.getloadavg())
     results = run_all(config, only)
@@ -155,6 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _rewrite_from(path: Path, no_docs: bool) -> int:
+    """The table (and, unless ``no_docs``, the docs) again from a results
+    file: after a change to how rows are made, without measuring again."""
+    document = json.loads(path.read_text())
+    table = report.markdown_table(table_rows(document["results"]))
+    print(table)
+    if not no_docs:
+        _write_docs(document["results"], table, document["machine"], document["load"])
+    return 0
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized run (~2 min)")
@@ -165,6 +179,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--output", type=Path, default=ROOT / "bench-results" / "results.json"
     )
     parser.add_argument("--no-docs", action="store_true", help="leave docs/ alone")
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: the table and docs again from a results file",
+    )
     return parser.parse_args(argv)
 
 
