@@ -17,8 +17,8 @@ import heapq
 import math
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 from dask_adaptive_plugin.config import invalid, parse_count, parse_duration

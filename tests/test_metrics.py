@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from distributed import Client, Scheduler
 from distributed.utils_test import gen_test, inc
 
 from dask_adaptive_plugin import AdaptivePlugin
-from helpers import until
 from inprocess import InProcessBackend
 from test_cli import scheduler_process, wait_for
 

@@ -35,11 +35,11 @@ import yaml
 
 from dask_adaptive_plugin.backend import PENDING, RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import (
-    refuse_replaced,
     WorkerOptions,
     all_or_first_error,
     parse_cluster_name,
     parse_text,
+    refuse_replaced,
 )
 from dask_adaptive_plugin.background import BackgroundTasks
 from dask_adaptive_plugin.config import invalid, parse_duration
