@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tests/benchmarks/run.py            # full run, ~16 min; updates docs/
+    python tests/benchmarks/run.py            # full run, ~32 min; updates docs/
     python tests/benchmarks/run.py --quick    # CI-sized, ~2 min; docs untouched
     python tests/benchmarks/run.py --only reaction,decision
     python tests/benchmarks/run.py --from-results bench-results/results.json
@@ -161,12 +161,17 @@ def main(argv: list[str] | None = None) -> int:
 def _rewrite_from(path: Path, no_docs: bool) -> int:
     """The table (and, unless ``no_docs``, the docs) again from a results
     file: after a change to how rows are made, without measuring again."""
-    document = json.loads(path.read_text())
+    document = json.loads(path.read_text(), object_hook=_whole_number_keys)
     table = report.markdown_table(table_rows(document["results"]))
     print(table)
     if not no_docs:
         _write_docs(document["results"], table, document["machine"], document["load"])
     return 0
+
+
+def _whole_number_keys(mapping: dict[str, Any]) -> dict[Any, Any]:
+    """JSON made the worker counts that key some results strings: back to ints."""
+    return {int(k) if k.isdigit() else k: v for k, v in mapping.items()}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
