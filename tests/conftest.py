@@ -25,3 +25,20 @@ def require_live(system: str, available: bool, why: str = "") -> None:
     if LIVE_REQUIRED:
         pytest.fail(message + " (DASK_ADAPTIVE_LIVE=1: .ci/run should have started it)")
     pytest.skip(message)
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Leave out the conformance kit's checks of optional parts that a
+    backend does not have (``test_conformance.without_its_optional_part``)."""
+    left_out = [item for item in items if _without_its_optional_part(item)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]
+
+
+def _without_its_optional_part(item: pytest.Item) -> bool:
+    check = getattr(getattr(item, "module", None), "without_its_optional_part", None)
+    return check is not None and check(item)
+

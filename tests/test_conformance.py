@@ -15,7 +15,10 @@ this machine   ``local``; ``inprocess`` (workers in this process)
 
 Every case runs real ``dask worker`` processes (``inprocess``: real
 ``Worker`` objects) against a real scheduler. A live system that is missing
-skips its case here and fails it in CI (``DASK_ADAPTIVE_LIVE=1``).
+skips its case here and fails it in CI (``DASK_ADAPTIVE_LIVE=1``). The
+kit's checks of optional parts that a backend does not have (``cancel_pending``,
+``report``, surviving a restart outside :data:`RESTART`) are left out of the
+run at collection, not skipped (:func:`without_its_optional_part`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from conftest import require_live
 
 from dask_adaptive_plugin import registry
 from dask_adaptive_plugin.testing import BackendConformance, BackendUnderTest
+from dask_adaptive_plugin.testing.harness import implements
 from dask_adaptive_plugin.testing.spec import Environment
 
 # The live systems' session fixtures, for request.getfixturevalue; without
@@ -348,6 +352,39 @@ CASES = [
     Case("kubernetes", kubernetes, (pytest.mark.kubernetes,)),
     Case("marathon", marathon, (pytest.mark.marathon,)),
 ]
+
+
+#: The kit's checks of optional parts, and whether a case's backend has the
+#: part: the kit skips the check where it does not.
+OPTIONAL: dict[str, Callable[[Case, type], bool]] = {
+    "test_cancel_pending_stops_what_has_not_connected": (
+        lambda case, cls: implements(cls, "cancel_pending")
+    ),
+    "test_report_matches_what_the_scheduler_sees": (
+        lambda case, cls: implements(cls, "report")
+    ),
+    "test_a_backend_made_again_adopts_or_removes_what_was_left": (
+        lambda case, cls: case.name in RESTART
+    ),
+}
+
+
+def without_its_optional_part(item: pytest.Item) -> bool:
+    """Whether ``item`` checks an optional part its backend does not have
+    (called from ``conftest.py`` at collection). Such checks are left out of
+    the run rather than skipped, so that a skip here always means a missing
+    system, which CI turns into a failure. Which parts each backend has is
+    read from its class, as the kit itself reads it."""
+    has_part = OPTIONAL.get(getattr(item, "originalname", ""))
+    callspec = getattr(item, "callspec", None)
+    if has_part is None or callspec is None:
+        return False
+    case: Case = callspec.params["adaptive_backend"]
+    try:
+        cls = registry.load(registry.BACKENDS, case.name)
+    except Exception:  # not installed: the case itself fails or skips, saying why
+        return False
+    return not has_part(case, cls)
 
 
 @pytest.mark.parametrize(
