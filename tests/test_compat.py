@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import sys
 import weakref
 
 import dask
@@ -119,7 +118,9 @@ def test_the_dashboard_internals_have_the_shapes_used():
         "prefix",
         "template_variables",
     ]
-    source = inspect.getsource(sys.modules["distributed.dashboard.scheduler"])
+    import distributed.dashboard.scheduler as dashboard_scheduler
+
+    source = inspect.getsource(dashboard_scheduler)
     assert "@memoize\ndef template_variables(scheduler)" in source
     assert '"plots"' in source
     base_html = env.loader.get_source(env, "base.html")[0]
@@ -176,8 +177,13 @@ def test_spec_cluster_attributes_and_the_jobqueue_template_job():
     """What ``ClusterAdaptive`` reads of a cluster: ``SpecCluster``'s
     ``worker_spec``, ``workers`` and ``new_spec``, and dask-jobqueue's
     template job with its processes and threads per process."""
-    dask_jobqueue = pytest.importorskip("dask_jobqueue")
+    pytest.importorskip("dask_jobqueue")
+    import dask_jobqueue
+    import dask_jobqueue.config
 
+    # an earlier gen_test may have reset dask's config to before
+    # dask-jobqueue added its defaults
+    dask_jobqueue.config.reconfigure()
     with dask_jobqueue.SLURMCluster(
         cores=6, processes=2, memory="1GB",
         scheduler_options={"dashboard_address": ":0", "host": "127.0.0.1"},
