@@ -443,7 +443,7 @@ def efficiency_rows(
                     reference=adaptive,
                     reference_name=f"LocalCluster.adapt(maximum={results['maximum']})",
                     target=f"≤ Adaptive +{NOISE - 1:.0%} on both, < on one",
-                    holds=plugin <= NOISE * adaptive and within and better_on_one,
+                    holds=within and better_on_one,
                     note=_start_note(sides) if metric == "makespan" else better,
                 )
             )
