@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from dask_adaptive_plugin.config import invalid, parse_count, parse_duration
 from dask_adaptive_plugin.pools import Pool
+from dask_adaptive_plugin.retention import Retention
 from dask_adaptive_plugin.stats import Need, Snapshot
 
 #: The causes of decisions: a small fixed set, for metrics labels.
@@ -408,6 +409,10 @@ def ups_of(allocation: Allocation, supply: Supply) -> tuple[Up, ...]:
 # -- choosing workers to retire -------------------------------------------------------------
 
 
+#: Idle workers within this fraction of their timeout go with those past it.
+TOGETHER = 0.5
+
+
 def choose_idle_workers(
     snapshot: Snapshot,
     supply: Supply,
@@ -478,17 +483,24 @@ def _expired(
     run out and that are not held back, oldest first; and when the next
     timeout runs out.
 
+    Workers whose timeout runs out within :data:`TOGETHER` of it go with
+    those of their pool whose timeout has run out: a pool retires one batch
+    at a time, so one by one they would each wait for the retirement before.
+
     Reads the idle workers oldest first and stops at the first one idle for
-    less than the shortest timeout. The loop runs once per idle worker that
-    may go (10,000 when all may), so what it reads is bound to locals.
+    less than the shortest timeout's early part. The loop runs once per idle
+    worker that may go (10,000 when all may), so what it reads is bound to
+    locals.
     """
     shortest = min(timeouts[pool] for pool in surplus)
     pool_of, held, states = supply.pool_of.get, supply.held.get, snapshot.worker_states
     expired: dict[str | None, list[str]] = {}
+    nearly: dict[str | None, list[str]] = {}
     deadline = None
     for address, since in snapshot.idle.items():
-        if since > now - shortest:
-            return expired, _earliest(deadline, since + shortest)
+        if since > now - shortest * (1 - TOGETHER):
+            deadline = _earliest(deadline, since + shortest)
+            break
         pool = pool_of(address)
         if pool not in surplus:
             continue
@@ -496,13 +508,16 @@ def _expired(
         hold = held(address)
         if hold is not None and hold > ready:
             ready = hold  # held back: not retired before then
-        if ready > now:
-            deadline = _earliest(deadline, ready)
-        elif address in states:
-            workers = expired.get(pool)
-            if workers is None:
-                workers = expired[pool] = []
-            workers.append(address)
+        if address not in states:
+            continue
+        if ready <= now:
+            expired.setdefault(pool, []).append(address)
+            continue
+        deadline = _earliest(deadline, ready)
+        if (hold is None or hold <= now) and ready - now <= TOGETHER * timeouts[pool]:
+            nearly.setdefault(pool, []).append(address)
+    for pool, workers in expired.items():
+        workers += nearly.get(pool, ())
     return expired, deadline
 
 
@@ -601,7 +616,7 @@ class AdaptivePolicy(Policy):
         target_duration: Any = "5s",
         scale_factor: Any = 2,
         memory_threshold: Any = 0.5,
-        stabilization: Any = 2,
+        stabilization: Any = 1,
         retention: str = "startup",
     ) -> None:
         self.target_duration = parse_duration("target_duration", target_duration)
@@ -619,6 +634,7 @@ class AdaptivePolicy(Policy):
                 "retention", retention, " or ".join(map(repr, self.RETENTIONS))
             )
         self.retention = retention
+        self.retention_state = Retention()
         self.windows: dict[str, StabilizationWindow] = {}
 
     def decide(self, snapshot: Snapshot, supply: Supply, now: float) -> Plan:
@@ -631,8 +647,11 @@ class AdaptivePolicy(Policy):
             _rename_floor(allocation, memory_why, "memory")
         why = self.summary(s)
         desired = {p.name: allocation.desired(p.name) for p in supply.pools}
-        surplus, window_ends = self.stabilized_surplus(allocation, supply, desired, now)
-        timeouts = retention_timeouts(supply, self.retention == "startup")
+        self.retention_state.observe(now, _cost_rate(supply), desired)
+        timeouts = self.timeouts(supply, now)
+        surplus, window_ends = self.stabilized_surplus(
+            allocation, supply, desired, timeouts, now
+        )
         chosen, deadline = choose_idle_workers(
             s, supply, surplus, now, self.memory_threshold, timeouts
         )
@@ -654,20 +673,42 @@ class AdaptivePolicy(Policy):
         allocation: Allocation,
         supply: Supply,
         desired: Mapping[str, int],
+        timeouts: Mapping[str | None, float],
         now: float,
     ) -> tuple[dict[str | None, int], list[float]]:
         """Per pool, workers beyond the most it wanted within its window; and
-        when windows that hold workers now end (to look again then)."""
+        when windows that hold workers now end (to look again then).
+
+        A pool's window is ``stabilization`` times its retention, once its
+        start-up latency is measured (none before: nothing is known of what
+        a replacement costs).
+        """
         surplus = surplus_of(allocation, supply)
         ends = []
         for p in supply.pools:
-            length = self.stabilization * (p.startup_p90 or 0.0)
+            length = self.stabilization * timeouts[p.name] if p.startup else 0.0
             window = self.windows.setdefault(p.name, StabilizationWindow())
             most = window.add(now, desired[p.name], length)
             if most > desired[p.name] and surplus[p.name] > 0:
                 surplus[p.name] = max(0, p.supply - most)
                 ends.append(window.ends(length))
         return surplus, ends
+
+    def timeouts(self, supply: Supply, now: float) -> dict[str | None, float]:
+        """Per pool, how long an idle worker is kept: its retention
+        (:mod:`~dask_adaptive_plugin.retention`), never less than its
+        ``idle_timeout``; with ``retention="idle-timeout"``, that alone."""
+        if self.retention != "startup":
+            return _idle_timeouts(supply)
+        hold = self.retention_state.hold
+        timeouts: dict[str | None, float] = {
+            p.name: hold(
+                p.name, now, p.startup, p.pool.cost, p.running, p.pool.idle_timeout
+            )
+            for p in supply.pools
+        }
+        timeouts[None] = min(timeouts.values(), default=0.0)
+        return timeouts
 
     def demand_of(self, need: Need, s: Snapshot) -> Demand:
         """Threads that finish ``need`` within the target duration."""
@@ -770,27 +811,9 @@ class StabilizationWindow:
         return self.entries[0][0] + length
 
 
-def retention_timeouts(
-    supply: Supply, startup_aware: bool = True
-) -> dict[str | None, float]:
-    """Per pool, how long an idle worker is kept: its measured start-up
-    latency, scaled by the cheapest pool's cost over its own (a dear idle
-    worker is kept for less), never below its ``idle_timeout`` (and just
-    that without ``startup_aware``).
-
-    The ski-rental break-even: keeping an idle worker costs its price per
-    second; giving it away costs, if work comes back, a start-up's wait.
-    Holding for one start-up time is within twice the best choice made
-    knowing the future. Until a pool has a measurement, its ``idle_timeout``.
-    """
-    cheapest = min((p.pool.cost for p in supply.pools), default=1.0)
-    timeouts: dict[str | None, float] = {}
-    for p in supply.pools:
-        startup = (p.startup or 0.0) if startup_aware else 0.0
-        hold = startup * cheapest / p.pool.cost
-        timeouts[p.name] = max(p.pool.idle_timeout, hold)
-    timeouts[None] = min(timeouts.values(), default=0.0)
-    return timeouts
+def _cost_rate(supply: Supply) -> float:
+    """What the pools' connected workers cost per second, together."""
+    return sum(p.running * p.pool.cost for p in supply.pools)
 
 
 def _rename_floor(allocation: Allocation, reason: str, cause: str) -> None:

@@ -288,11 +288,26 @@ def test_idle_workers_retire_after_the_timeout_only():
 
 
 def test_retiring_some_names_when_the_next_idle_worker_expires():
-    s = Snapshot(**{**idle_cluster(2), "idle": {"w0": 100.0, "w1": 101.0}})
+    s = Snapshot(**{**idle_cluster(2), "idle": {"w0": 100.0, "w1": 106.0}})
     plan = decide(AdaptivePolicy(), s, one_pool(running=2), now=110)
     [down] = plan.downs
     assert down.workers == ("w0",)
-    assert plan.deadline == 111  # so that a refused worker is looked at again
+    assert plan.deadline == 116  # so that a refused worker is looked at again
+
+
+def test_workers_within_half_their_timeout_go_with_those_past_it():
+    # a pool retires one batch at a time: w1 (idle 6 of 10 s) goes with w0;
+    # w2 (idle 4 s) does not, nor does w3, held back until 115
+    idle = {"w0": 100.0, "w1": 104.0, "w2": 106.0, "w3": 104.0}
+    s = Snapshot(**{**idle_cluster(4), "idle": idle})
+    supply = one_pool(running=4)
+    supply = Supply(supply.pools, pool_of=supply.pool_of, held={"w3": 115.0})
+    plan = decide(AdaptivePolicy(), s, supply, now=110)
+    [down] = plan.downs
+    assert down.workers == ("w0", "w1")
+    # none past its timeout: none goes early
+    alone = Snapshot(**{**idle_cluster(2), "idle": {"w0": 104.0, "w1": 105.0}})
+    assert not decide(AdaptivePolicy(), alone, one_pool(running=2), now=110).downs
 
 
 def test_held_workers_are_not_chosen_before_their_time():
@@ -408,23 +423,30 @@ def measured(
 
 
 def test_an_idle_worker_is_kept_for_about_one_start_up_time():
-    from dask_adaptive_plugin.policy import retention_timeouts
-
-    slow = Supply((measured(30.0),))
-    assert retention_timeouts(slow)["default"] == 30.0
+    # before any gap is seen: the ski-rental break-even, L·A/(price·running),
+    # A the cluster's average cost rate (here its current rate: 1 worker)
+    slow = Supply((measured(30.0, running=1),))
+    assert timeouts_after_one_look(AdaptivePolicy(), slow)["default"] == 30.0
     # a start-up faster than idle_timeout: idle_timeout is the floor
-    fast = Supply((measured(0.5),))
-    assert retention_timeouts(fast)["default"] == 2.0
+    fast = Supply((measured(0.5, running=1),))
+    assert timeouts_after_one_look(AdaptivePolicy(), fast)["default"] == 2.0
     # scaled by cost: a worker 5 times dearer is kept a fifth as long
-    cheap = PoolSupply(pool("cheap", resources={}, cost=1, idle_timeout=2), startup=30)
-    dear = PoolSupply(pool("dear", resources={}, cost=5, idle_timeout=2), startup=30)
-    assert retention_timeouts(Supply((cheap, dear))) == {
-        "cheap": 30,
-        "dear": 6,
-        None: 6,
+    cheap = PoolSupply(pool("cheap", cost=1, idle_timeout=2), startup=30, running=1)
+    dear = PoolSupply(pool("dear", cost=5, idle_timeout=2), startup=30, running=1)
+    assert timeouts_after_one_look(AdaptivePolicy(), Supply((cheap, dear))) == {
+        "cheap": 180,
+        "dear": 36,
+        None: 36,
     }
     # retention="idle-timeout": idle_timeout alone, as distributed's Adaptive
-    assert retention_timeouts(slow, startup_aware=False)["default"] == 2.0
+    plain = AdaptivePolicy(retention="idle-timeout")
+    assert timeouts_after_one_look(plain, slow)["default"] == 2.0
+
+
+def timeouts_after_one_look(policy: AdaptivePolicy, supply: Supply) -> dict:
+    """The retentions once ``policy`` has seen ``supply`` (and its cost rate)."""
+    policy.decide(Snapshot(workers=supply.total), supply, now=0)
+    return policy.timeouts(supply, now=0)
 
 
 def test_retention_idle_timeout_retires_at_idle_timeout_whatever_the_startup():
@@ -452,18 +474,20 @@ def test_retention_decides_when_an_idle_worker_goes():
 
 
 def test_the_stabilization_window_keeps_what_was_wanted_lately():
-    policy = AdaptivePolicy()  # a window of 2 start-up latencies (p90): 20 s
+    # a window of 3 retentions; the retention is 2 s (the idle_timeout floor
+    # over the break-even 2 s · 3 workers / 3 workers): 6 s
+    policy = AdaptivePolicy(stabilization=3)
     supply = Supply(
-        (measured(2.0, p90=10.0, running=3),),
+        (measured(2.0, running=3),),
         pool_of={f"w{i}": "default" for i in range(3)},
     )
     busy = Snapshot(workers=3, nthreads=3, processing=3, needs=(plain(3, 30, 0),))
     assert not decide(policy, busy, supply, now=100).downs  # wants 3
     idle = Snapshot(**idle_cluster(3, since=101.0))
-    held = decide(policy, idle, supply, now=110)  # idle 9 s, past the 2 s retention
+    held = decide(policy, idle, supply, now=104)  # idle 3 s, past the 2 s retention
     assert not held.downs
-    assert held.deadline == 120  # when the window forgets the 3
-    [down] = decide(policy, idle, supply, now=120).downs
+    assert held.deadline == 106  # when the window forgets the 3
+    [down] = decide(policy, idle, supply, now=106).downs
     assert len(down.workers) == 3
 
 

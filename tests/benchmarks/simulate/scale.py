@@ -140,23 +140,32 @@ def expired_per_pool(
 ) -> tuple[dict[Any, list[str]], float | None]:
     """A proposed ``policy._expired``: read only the pools that have a
     surplus, each oldest first, stopping at its first worker not idle long
-    enough, instead of every idle worker past the shortest timeout."""
+    enough (nor within ``policy.TOGETHER`` of it), instead of every idle
+    worker past the shortest timeout's early part."""
     held, states = supply.held.get, snapshot.worker_states
     expired: dict[Any, list[str]] = {}
     deadline = None
     for pool in surplus:
         timeout = timeouts[pool]
+        nearly = []
         for address, since in snapshot.idle.by_pool.get(pool, {}).items():
             ready = since + timeout
             if ready > now:
                 deadline = ready if deadline is None else min(deadline, ready)
+            if ready > now + policy.TOGETHER * timeout:
                 break
             hold = held(address)
-            if hold is not None and hold > ready:
-                deadline = hold if deadline is None else min(deadline, hold)
+            if hold is not None and hold > max(ready, now):
+                deadline = min(deadline, hold) if deadline is not None else hold
                 continue
-            if address in states:
+            if address not in states:
+                continue
+            if ready <= now:
                 expired.setdefault(pool, []).append(address)
+            else:
+                nearly.append(address)
+        if pool in expired:
+            expired[pool] += nearly
     return expired, deadline
 
 
