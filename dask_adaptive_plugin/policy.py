@@ -581,15 +581,15 @@ class AdaptivePolicy(Policy):
     - Serve it from the pools that fit, cheapest first (:func:`allocate`).
     - Shrink by retiring the idle workers beyond that, the dearest pools'
       first, keeping memory under the threshold, once they have been idle
-      for their pool's *retention*: the pool's measured start-up latency,
-      scaled by how much cheaper the cheapest pool is (the break-even of the
-      ski-rental problem: an idle worker costs its price per second; letting
-      it go costs a start-up's wait when work comes back), and never less
-      than its ``idle_timeout``.
+      for their pool's *retention* (:mod:`~dask_adaptive_plugin.retention`):
+      the hold that would have cost least over the gaps in demand the pool
+      has seen, pricing a second of makespan at the cluster's average cost
+      rate and a worker given away at its share of a start-up's wait; never
+      less than its ``idle_timeout``.
     - Never shrink a pool below the most it wanted within its *stabilization
-      window*, ``stabilization`` times its measured 90th-percentile start-up
-      latency (as Kubernetes' HPA does with a fixed window): a pause between
-      bursts shorter than a start-up does not give its workers away.
+      window*, ``stabilization`` times its retention (as Kubernetes' HPA
+      does with a fixed window): a dip in demand shorter than that does not
+      give its workers away.
 
     Parameters
     ----------
@@ -601,11 +601,12 @@ class AdaptivePolicy(Policy):
         Fraction of the workers' memory limits that stored data may fill
         (default 0.5).
     stabilization
-        The stabilization window in start-up latencies (default 2; 0: none).
+        The stabilization window in retentions (default 1; 0: none).
     retention
         ``"startup"`` (default): idle workers are kept for the retention
-        above; ``"idle-timeout"``: for each pool's ``idle_timeout`` alone,
-        whatever a new worker takes to come (as distributed's ``Adaptive``).
+        above, which starts from the measured start-up latency;
+        ``"idle-timeout"``: for each pool's ``idle_timeout`` alone, whatever
+        a new worker takes to come (as distributed's ``Adaptive``).
     """
 
     RETENTIONS = ("startup", "idle-timeout")
