@@ -33,10 +33,11 @@ class StopsTheWrongWorker(InProcessBackend):
 
 
 class LeaksOnClose(LocalBackend):
-    """``close()`` forgets its ``dask worker`` processes instead of stopping them."""
+    """``close()`` forgets its workers (nannies, processes) instead of stopping them."""
 
     async def close(self) -> None:
         self.processes.clear()
+        self.nannies.clear()
         await self._tasks.cancel()
 
 

@@ -314,7 +314,13 @@ async def test_a_local_worker_starts_without_loading_a_library_in_the_child(
     def no_library(*args, **kwargs):
         raise OSError("a library was loaded after fork")
 
-    plugin = AdaptivePlugin(backend="local", minimum=1, maximum=1)
+    # worker_args: a ``dask worker`` process, forked with PR_SET_PDEATHSIG
+    plugin = AdaptivePlugin(
+        backend="local",
+        minimum=1,
+        maximum=1,
+        backend_options={"worker_args": "--no-dashboard"},
+    )
     monkeypatch.setattr(ctypes, "CDLL", no_library)
     async with scheduler(plugins=[plugin]) as s:
         await until(lambda: s.workers, timeout=60, what="a worker")

@@ -1,4 +1,11 @@
-"""The ``local`` backend: real ``dask worker`` processes on this machine."""
+"""The ``local`` backend: real worker processes on this machine.
+
+Each worker's nanny runs in the scheduler's process, as ``LocalCluster``'s run
+in the client's: the nanny spawns the worker process, one interpreter start
+(about half a second) where a ``dask worker`` process with its own nanny
+takes two. With ``worker_args`` (further ``dask worker`` arguments), each
+worker is a ``dask worker`` process instead.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,9 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from distributed import Nanny
+from distributed.core import Status
 
 from dask_adaptive_plugin.backend import RUNNING, Backend
 from dask_adaptive_plugin.backends.workers import (
@@ -28,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a worker process gets to exit after SIGTERM before SIGKILL.
 STOP_GRACE = 10.0
+#: A nanny in these states has ended, and is forgotten.
+ENDED = (Status.closed, Status.failed)
+#: A nanny in these states is ending (its worker retired, say): its worker is
+#: no longer reported, and :meth:`LocalBackend.close` still waits for it.
+ENDING = (Status.closing, Status.closing_gracefully)
 
 
 def _die_with_parent_function() -> Callable[[], None] | None:
@@ -57,7 +72,7 @@ _DIE_WITH_PARENT = _die_with_parent_function()
 
 
 class LocalBackend(Backend):
-    """Start and stop ``dask worker`` processes on the scheduler's machine.
+    """Start and stop worker processes on the scheduler's machine.
 
     Parameters
     ----------
@@ -70,13 +85,17 @@ class LocalBackend(Backend):
         (the machine's memory shared by the CPU count).
     worker_args
         Further ``dask worker`` arguments, as a list or one string
-        (``"--no-nanny --resources GPU=1"``).
+        (``"--no-nanny --resources GPU=1"``). With them, each worker is a
+        ``dask worker`` process; without, a :class:`~distributed.Nanny` in
+        this process starts it.
     death_timeout
         A worker that loses its scheduler for this long exits by itself.
 
-    Workers are named ``local-<id>-<n>``. They are asked to die with the
-    scheduler process (Linux ``PR_SET_PDEATHSIG``), are stopped by
-    :meth:`close`, and exit after ``death_timeout`` if the scheduler vanishes.
+    Workers are named ``local-<id>-<n>``. They are stopped by :meth:`close`
+    and exit after ``death_timeout`` if the scheduler vanishes. A worker
+    process whose nanny runs here ends with this process (distributed's
+    worker processes watch their parent); a ``dask worker`` process is asked
+    to die with the scheduler process (Linux ``PR_SET_PDEATHSIG``).
     """
 
     #: One worker per core unless a maximum is given: worker processes of
@@ -98,6 +117,8 @@ class LocalBackend(Backend):
         self.threads_per_worker = self.worker.nthreads
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.output: dict[str, deque[str]] = {}
+        #: The workers whose nanny runs in this process (no ``worker_args``).
+        self.nannies: dict[str, Nanny] = {}
         self._tasks = BackgroundTasks("local backend")
         self._names = worker_names("local")
 
@@ -108,30 +129,59 @@ class LocalBackend(Backend):
         cls(None, **options)  # type: ignore[arg-type]
 
     async def scale_up(self, n: int, **resources: Any) -> None:
-        """Start processes until ``n`` are running or starting."""
+        """Start workers until ``n`` are running or starting."""
         self._forget_exited()
-        for _ in range(n - len(self.processes)):
+        for _ in range(n - len(self.report())):
             name = next(self._names)
-            self.processes[name] = await self._spawn(name, resources)
+            if self.worker.worker_args:
+                self.processes[name] = await self._spawn(name, resources)
+            else:
+                self.nannies[name] = self._start_nanny(name, resources)
 
     async def scale_down(self, workers: list[str]) -> None:
         """Stop the processes behind these worker addresses."""
         await asyncio.gather(*(self._stop(name) for name in self.names(workers)))
 
     def report(self) -> dict[str, str]:
-        """The worker processes that have not exited."""
+        """The workers whose process or nanny has not ended."""
         self._forget_exited()
-        return dict.fromkeys(self.processes, RUNNING)
+        nannies = [n for n, nanny in self.nannies.items() if nanny.status not in ENDING]
+        return dict.fromkeys([*self.processes, *nannies], RUNNING)
 
     async def cancel_pending(self) -> None:
-        """Stop the processes whose worker never connected."""
+        """Stop the workers that never connected."""
         connected = {str(ws.name) for ws in self.scheduler.workers.values()}
-        late = [name for name in self.processes if name not in connected]
+        late = [n for n in [*self.processes, *self.nannies] if n not in connected]
         await asyncio.gather(*(self._stop(name) for name in late))
 
     async def close(self) -> None:
-        await asyncio.gather(*(self._stop(name) for name in list(self.processes)))
+        names = [*self.processes, *self.nannies]
+        await asyncio.gather(*(self._stop(name) for name in names))
         await self._tasks.cancel()
+
+    def _start_nanny(self, name: str, resources: dict[str, Any]) -> Nanny:
+        """A nanny in this process, starting in the background: ``scale_up``
+        returns at once, as it does after spawning a ``dask worker``."""
+        nanny = Nanny(
+            self.scheduler.address,
+            name=name,
+            nthreads=self.worker.nthreads,
+            memory_limit=self.worker.memory_limit,
+            resources=resources or None,
+            death_timeout=self.worker.death_timeout,
+            dashboard_address=":0",
+        )
+        self._tasks.spawn(self._run_nanny(name, nanny), f"starting worker {name}")
+        return nanny
+
+    async def _run_nanny(self, name: str, nanny: Nanny) -> None:
+        try:
+            await nanny
+        except Exception as e:
+            if self.nannies.get(name) is nanny:  # not stopped meanwhile
+                logger.warning("local backend: worker %s did not start: %r", name, e)
+                del self.nannies[name]
+            await nanny.close()
 
     def command(self, name: str, resources: dict[str, Any]) -> list[str]:
         """The ``dask worker`` command line for one worker."""
@@ -175,12 +225,18 @@ class LocalBackend(Backend):
             if _exited(proc):
                 del self.processes[name]
                 self.output.pop(name, None)
+        for name, nanny in list(self.nannies.items()):
+            if nanny.status in ENDED:
+                del self.nannies[name]
 
     async def _stop(self, name: str) -> None:
         proc = self.processes.pop(name, None)
         self.output.pop(name, None)
         if proc is not None:
             await _terminate(proc)
+        nanny = self.nannies.pop(name, None)
+        if nanny is not None:
+            await nanny.close(timeout=STOP_GRACE)
 
 
 def _exited(proc: asyncio.subprocess.Process) -> bool:

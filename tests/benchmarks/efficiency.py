@@ -362,17 +362,22 @@ async def bench_efficiency(
 async def bench_worker_startup(repeats: int = 3) -> dict[str, list[float]]:
     """Seconds from asking for one worker to its registration with the scheduler.
 
-    ``local``: the plugin's local backend (``dask worker``, with its nanny);
-    ``local --no-nanny``: the same without the nanny process; ``LocalCluster``:
-    a nanny in this process spawning the worker process.
+    ``local``: the plugin's local backend (a nanny in the scheduler's process
+    spawning the worker process); ``local, dask worker``: the same with
+    ``worker_args`` (a ``dask worker`` process whose nanny spawns the
+    worker); ``local --no-nanny``: a ``dask worker`` process without a nanny;
+    ``LocalCluster``: a nanny in this process spawning the worker process.
     """
     results: dict[str, list[float]] = {
         "local": [],
+        "local, dask worker": [],
         "local --no-nanny": [],
         "LocalCluster": [],
     }
     for _ in range(repeats):
         results["local"].append(await _backend_startup([]))
+        # --nanny is dask worker's default: worker_args that change nothing
+        results["local, dask worker"].append(await _backend_startup(["--nanny"]))
         results["local --no-nanny"].append(await _backend_startup(["--no-nanny"]))
         results["LocalCluster"].append(await _cluster_startup())
     return results
