@@ -104,6 +104,22 @@ def test_dask_scheduler_spelling_and_sigterm_leave_no_worker_behind(tmp_path):
     wait_for(lambda: not any(alive(p) for p in pids), 30, f"workers {pids} exit")
 
 
+@pytest.mark.timeout(180)
+def test_a_sigkilled_scheduler_leaves_no_local_worker_behind(tmp_path):
+    """The nannies run in the scheduler's process: its worker processes see
+    their parent go and exit (distributed's parent-alive pipe)."""
+    with scheduler_process(
+        tmp_path, "--adaptive-minimum", "2", "--adaptive-maximum", "2"
+    ) as (proc, address):
+        with Client(address, timeout=30) as client:
+            wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 60, "2 workers")
+            pids = set(client.run(os.getpid).values())
+            assert set(client.run(os.getppid).values()) == {proc.pid}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    wait_for(lambda: not any(alive(p) for p in pids), 30, f"workers {pids} exit")
+
+
 @pytest.mark.timeout(120)
 def test_a_third_party_backend_is_used_by_name(tmp_path):
     assert "inprocess" in installed(BACKENDS), "pip install -e docs/examples/dask-adaptive-inprocess"
