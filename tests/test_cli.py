@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from distributed import Client
+from helpers import alive
 
 from dask_adaptive_plugin.registry import BACKENDS, installed
 
@@ -26,14 +27,6 @@ def wait_for(predicate, timeout: float = 60, what: str = "") -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"not reached within {timeout}s: {what}"
         time.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @contextmanager

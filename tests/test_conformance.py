@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 from conftest import require_live
+from helpers import alive
 
 from dask_adaptive_plugin import registry
 from dask_adaptive_plugin.testing import BackendConformance, BackendUnderTest
@@ -278,15 +279,7 @@ def _jobs(queue: Any) -> list[str]:
     state = queue.directory / "state.json"
     jobs = json.loads(state.read_text())["jobs"] if state.exists() else {}
     return [f"job {job_id} ({job['name']})" for job_id, job in jobs.items()
-            if job.get("pid") is None or _alive(job["pid"])]  # fmt: skip
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
+            if job.get("pid") is None or alive(job["pid"])]  # fmt: skip
 
 
 def kubernetes(request: pytest.FixtureRequest, tmp: Path) -> BackendUnderTest:

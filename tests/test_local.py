@@ -12,7 +12,7 @@ import os
 
 from distributed import Client, Scheduler
 from distributed.utils_test import gen_test
-from helpers import until
+from helpers import alive, until
 
 from dask_adaptive_plugin import AdaptivePlugin
 
@@ -39,7 +39,7 @@ async def test_a_workers_nanny_runs_in_the_schedulers_process():
         pids = set((await c.run(os.getpid)).values())
     # the scheduler closed: each nanny closed, and its worker process ended
     assert all(n.status.name == "closed" for n in nannies.values())
-    await until(lambda: not any(_alive(p) for p in pids), timeout=30, what="exit")
+    await until(lambda: not any(alive(p) for p in pids), timeout=30, what="exit")
 
 
 @gen_test(timeout=120)
@@ -84,10 +84,3 @@ async def test_a_retired_workers_nanny_is_replaced_and_waited_for_on_close():
         assert first not in plugin.backend.report()
         assert len(plugin.backend.report()) == 1
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

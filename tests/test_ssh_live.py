@@ -31,6 +31,7 @@ asyncssh = pytest.importorskip("asyncssh")
 from conftest import require_live
 from distributed import Client, Scheduler
 from distributed.utils_test import gen_test
+from helpers import alive
 
 from dask_adaptive_plugin import AdaptivePlugin
 from dask_adaptive_plugin.backends.ssh import PID_MARKER, SSHBackend, place_workers
@@ -140,15 +141,6 @@ def pgrep_children(pid: int) -> list[int]:
         ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
     )
     return [int(p) for p in found.stdout.split()]
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def worker_processes(name: str) -> set[int]:
