@@ -702,9 +702,16 @@ class AdaptivePolicy(Policy):
         if self.retention != "startup":
             return _idle_timeouts(supply)
         hold = self.retention_state.hold
+        cheapest = min(p.pool.cost for p in supply.pools)
         timeouts: dict[str | None, float] = {
             p.name: hold(
-                p.name, now, p.startup, p.pool.cost, p.running, p.pool.idle_timeout
+                p.name,
+                now,
+                p.startup,
+                p.pool.cost,
+                p.running,
+                p.pool.idle_timeout,
+                longest=(p.startup or 0.0) * cheapest / p.pool.cost,
             )
             for p in supply.pools
         }

@@ -19,6 +19,13 @@ ski-rental break-even stands in: hold for ``L·A/n`` over the price, ``n`` the
 pool's running workers, which is within twice the best choice made knowing
 the future.
 
+Never longer than one start-up (at the cheapest pool's price), the classic
+ski-rental hold: the pricing shares a wait out as if the whole cluster
+waited for the work that comes back, true of work that waits for the
+results before it (a notebook, a script), not of a small job arriving
+beside a large one, where it would keep thousands of idle workers for
+hours.
+
 All of it is pure: the policy feeds it the time it is given and what it
 decided.
 """
@@ -172,19 +179,27 @@ class Retention:
         price: float,
         running: int,
         floor: float,
+        longest: float,
     ) -> float:
-        """Seconds to keep an idle worker of pool ``name`` (at least ``floor``).
+        """Seconds to keep an idle worker of pool ``name``: at least ``floor``,
+        at most ``longest`` (unless ``floor`` is longer).
 
-        Until the pool's start-up is measured, ``floor``: nothing is known of
-        what a replacement costs.
+        ``longest`` is the classic ski-rental hold, one start-up (at the
+        cheapest pool's price): the pricing above shares a start-up's wait
+        out over the work that comes back as if all the cluster waited for
+        it, which holds for work that waits on the results before it, not
+        for a small job beside a large one. Until the pool's start-up is
+        measured, ``floor``: nothing is known of what a replacement costs.
         """
         if not startup:
             return floor
         wait_cost = startup * self.cost.average(now)
         gaps = self.gaps.get(name)
         if gaps is None or len(gaps) < ENOUGH_GAPS:
-            return max(floor, wait_cost / (price * max(running, 1)))
-        if gaps.changed or name not in self.holds:
-            self.holds[name] = gaps.best_hold(floor, price, wait_cost)
-            gaps.changed = False
-        return self.holds[name]
+            hold = wait_cost / (price * max(running, 1))
+        else:
+            if gaps.changed or name not in self.holds:
+                self.holds[name] = gaps.best_hold(floor, price, wait_cost)
+                gaps.changed = False
+            hold = self.holds[name]
+        return max(floor, min(hold, longest))

@@ -430,13 +430,14 @@ def test_an_idle_worker_is_kept_for_about_one_start_up_time():
     # a start-up faster than idle_timeout: idle_timeout is the floor
     fast = Supply((measured(0.5, running=1),))
     assert timeouts_after_one_look(AdaptivePolicy(), fast)["default"] == 2.0
-    # scaled by cost: a worker 5 times dearer is kept a fifth as long
+    # never longer than one start-up at the cheapest pool's price: the
+    # break-even here (cost rate 6: L·A = 180) would be 180 s and 36 s
     cheap = PoolSupply(pool("cheap", cost=1, idle_timeout=2), startup=30, running=1)
     dear = PoolSupply(pool("dear", cost=5, idle_timeout=2), startup=30, running=1)
     assert timeouts_after_one_look(AdaptivePolicy(), Supply((cheap, dear))) == {
-        "cheap": 180,
-        "dear": 36,
-        None: 36,
+        "cheap": 30,
+        "dear": 6,
+        None: 6,
     }
     # retention="idle-timeout": idle_timeout alone, as distributed's Adaptive
     plain = AdaptivePolicy(retention="idle-timeout")

@@ -65,12 +65,16 @@ def test_the_cost_rate_is_the_average_since_the_first_worker_or_work():
 
 def test_the_hold_is_the_break_even_until_enough_gaps_then_learned():
     retention = Retention()
-    hold = retention.hold
-    # no start-up measured: the floor, whatever else
-    assert hold("p", 0, startup=None, price=1, running=4, floor=2) == 2
+
+    def hold(now: float, startup: float | None = 30, longest: float = 30) -> float:
+        return retention.hold(
+            "p", now, startup, price=1, running=4, floor=2, longest=longest
+        )
+
+    assert hold(0, startup=None) == 2  # no start-up measured: the floor
     retention.observe(0, 4.0, {"p": 4})  # 4 workers of cost 1
-    # L·A/(price·running) = 30·4/4
-    assert hold("p", 0, startup=30, price=1, running=4, floor=2) == 30
+    assert hold(0) == 30  # L·A/(price·running) = 30·4/4
+    assert hold(0, longest=10) == 10  # never above one start-up (cheapest)
     # gaps come in: 4 workers wanted again 3 s after each fall
     t = 0.0
     for _ in range(ENOUGH_GAPS):
@@ -78,14 +82,14 @@ def test_the_hold_is_the_break_even_until_enough_gaps_then_learned():
         retention.observe(t + 4, 4.0, {"p": 4})
         t += 4
     # every gap (3 s) is bridged: stretched to a worker's share, 30·4/4
-    assert hold("p", t, startup=30, price=1, running=4, floor=2) == 30
+    assert hold(t) == 30
     # then long gaps, which holding does not pay for: the short ones are
     # still bridged, the long ones not
     for _ in range(4 * ENOUGH_GAPS):
         retention.observe(t + 1, 4.0, {"p": 0})
         retention.observe(t + 500, 4.0, {"p": 4})
         t += 500
-    assert hold("p", t, startup=30, price=1, running=4, floor=2) == 3
+    assert hold(t) == 3
 
 
 @dataclass
