@@ -702,7 +702,7 @@ class AdaptivePolicy(Policy):
         if self.retention != "startup":
             return _idle_timeouts(supply)
         hold = self.retention_state.hold
-        cheapest = min(p.pool.cost for p in supply.pools)
+        cheapest = min((p.pool.cost for p in supply.pools), default=1.0)
         timeouts: dict[str | None, float] = {
             p.name: hold(
                 p.name,

@@ -507,3 +507,10 @@ def test_a_hint_floor_keeps_workers_in_its_pool():
     p = PoolSupply(pool(resources={}), floor=3)
     [up] = decide(AdaptivePolicy(), Snapshot(workers=0), Supply((p,))).ups
     assert (up.n, up.cause) == (3, "minimum")
+
+
+def test_no_pools_is_a_plan_with_nothing_to_do():
+    plan = decide(
+        AdaptivePolicy(), Snapshot(workers=0, needs=(plain(3, 30),)), Supply(())
+    )
+    assert (plan.ups, plan.downs, plan.desired) == ((), (), {})
