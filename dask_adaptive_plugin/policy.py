@@ -585,7 +585,8 @@ class AdaptivePolicy(Policy):
       the hold that would have cost least over the gaps in demand the pool
       has seen, pricing a second of makespan at the cluster's average cost
       rate and a worker given away at its share of a start-up's wait; never
-      less than its ``idle_timeout``.
+      more than one start-up (at the cheapest pool's price) nor less than
+      its ``idle_timeout``.
     - Never shrink a pool below the most it wanted within its *stabilization
       window*, ``stabilization`` times its retention (as Kubernetes' HPA
       does with a fixed window): a dip in demand shorter than that does not
