@@ -649,7 +649,8 @@ class AdaptivePolicy(Policy):
             _rename_floor(allocation, memory_why, "memory")
         why = self.summary(s)
         desired = {p.name: allocation.desired(p.name) for p in supply.pools}
-        self.retention_state.observe(now, _cost_rate(supply), desired)
+        if self.retention == "startup":
+            self.retention_state.observe(now, _cost_rate(supply), desired)
         timeouts = self.timeouts(supply, now)
         surplus, window_ends = self.stabilized_surplus(
             allocation, supply, desired, timeouts, now

@@ -63,7 +63,8 @@ class Gaps:
         self.level = 0
         self.falls: list[list[float]] = []  # [time, workers], newest last
         self.seen: deque[Gap] = deque(maxlen=MEMORY)
-        self.changed = False
+        #: The hold learned from ``seen``; ``None`` once a new gap ends.
+        self.learned: float | None = None
 
     def observe(self, now: float, desired: int) -> None:
         """The pool's desired size at ``now``."""
@@ -80,7 +81,7 @@ class Gaps:
             fell_at, workers = falls[-1]
             used = min(left, int(workers))
             self.seen.append(Gap(now - fell_at, used, rise))
-            self.changed = True
+            self.learned = None
             left -= used
             if used == workers:
                 falls.pop()
@@ -98,7 +99,7 @@ class Gaps:
         the break-even bounds that loss (ski rental).
         """
         gaps = sorted(self.seen)
-        waiting = sum(g.workers / max(g.rise, 1) for g in gaps)
+        waiting = sum(g.workers / g.rise for g in gaps)  # a rise is >= 1
         held = sum(g.workers for g in gaps)  # workers of gaps longer than a hold
         share = waiting / held if held else 0.0  # a worker's share of a wait
         spent = 0.0  # idle cost of the gaps a hold covers
@@ -109,7 +110,7 @@ class Gaps:
                 g = gaps[i]
                 spent += price * g.workers * g.seconds
                 held -= g.workers
-                waiting -= g.workers / max(g.rise, 1)
+                waiting -= g.workers / g.rise
                 i += 1
             cost = spent + price * hold * held + wait_cost * waiting
             if cost < best_cost - 1e-9:
@@ -160,7 +161,6 @@ class Retention:
     def __init__(self) -> None:
         self.gaps: dict[str, Gaps] = {}
         self.cost = CostRate()
-        self.holds: dict[str, float] = {}
 
     def observe(self, now: float, rate: float, desired: dict[str, int]) -> None:
         """What the policy saw and decided at ``now``."""
@@ -198,8 +198,7 @@ class Retention:
         if gaps is None or len(gaps) < ENOUGH_GAPS:
             hold = wait_cost / (price * max(running, 1))
         else:
-            if gaps.changed or name not in self.holds:
-                self.holds[name] = gaps.best_hold(floor, price, wait_cost)
-                gaps.changed = False
-            hold = self.holds[name]
+            if gaps.learned is None:
+                gaps.learned = gaps.best_hold(floor, price, wait_cost)
+            hold = gaps.learned
         return max(floor, min(hold, longest))

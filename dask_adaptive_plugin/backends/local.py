@@ -130,7 +130,6 @@ class LocalBackend(Backend):
 
     async def scale_up(self, n: int, **resources: Any) -> None:
         """Start workers until ``n`` are running or starting."""
-        self._forget_exited()
         for _ in range(n - len(self.report())):
             name = next(self._names)
             if self.worker.worker_args:
